@@ -1,0 +1,1 @@
+"""evsed hardware abstraction layer (import package `hal`)."""

@@ -1,0 +1,292 @@
+"""Process entry of evsed: config, logging, the store, sd_notify, signals, one asyncio shell.
+
+The shell owns every socket and timer; the OCPP engine (service.ocpp.engine) is sans-I/O and is
+driven from here: frames read from the websocket go into `Engine.receive`, `Engine.tick` runs at
+`Engine.next_deadline`, and whatever `Engine.take_frames` returns is written, in order, by one
+writer at a time.
+
+Exit statuses: 0 clean stop, 78 (EX_CONFIG) bad configuration, 73 (EX_CANTCREAT) the state
+directory cannot hold the database. systemd's start limit keeps a persistent error from
+becoming a tight crash loop, and neither error path touches the stored queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import uuid
+from pathlib import Path
+
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from service import __version__
+from service.config import DEFAULT_CONFIG_PATH, EX_CONFIG, ConfigError, Settings, load_settings
+from service.journal import log_fields, setup_logging
+from service.msglog import MessageLog
+from service.ocpp.engine import Engine, EngineOptions
+from service.ocpp.rpc import OcppVersion
+from service.ocpp.v16 import core as v16_core
+from service.ocpp.v201 import provisioning as v201_provisioning
+from service.sdnotify import Notifier
+from service.station.clock import Clock, SystemClock
+from service.station.configuration import Configuration
+from service.store.db import Database, StoreError
+from service.store.overlay import ConfigOverlay
+from service.store.queue import DurableQueue
+from service.transport.backoff import Backoff
+from service.transport.connection import ConnectionManager, ConnectionProfile
+
+EX_CANTCREAT = 73
+DATABASE_NAME = "evsed.db"
+
+log = logging.getLogger("evsed")
+
+
+def connection_profile(settings: Settings) -> ConnectionProfile:
+    csms = settings.csms
+    return ConnectionProfile(
+        url=csms.url,
+        charge_point_id=settings.identity.charge_point_id,
+        subprotocols=tuple(csms.ocpp_versions),
+        security_profile=csms.security_profile,
+        basic_auth_password=csms.basic_auth_password,
+        ca_bundle=csms.ca_bundle,
+        client_certificate=csms.client_certificate,
+        client_key=csms.client_key,
+        ping_interval_s=float(csms.ping_interval_s),
+        ping_timeout_s=float(csms.ping_timeout_s),
+        connect_timeout_s=float(csms.connect_timeout_s),
+    )
+
+
+class Daemon:
+    """The running charger: one engine, one connection manager, one store."""
+
+    def __init__(self, settings: Settings, db: Database, *, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.db = db
+        self.clock = clock or SystemClock()
+        self.notifier = Notifier.from_env()
+        paths = settings.paths
+        self.msglog = MessageLog(
+            paths.message_log_directory,
+            max_bytes=paths.message_log_max_bytes,
+            backups=paths.message_log_backups,
+        )
+        self.queue = DurableQueue(db, max_other=settings.queue.max_non_transaction_messages)
+        self.configuration = Configuration(settings, ConfigOverlay(db), clock=self.clock)
+        self.engine = Engine(
+            queue=self.queue,
+            clock=self.clock,
+            new_id=lambda: str(uuid.uuid4()),
+            settings=self.configuration,
+            boot_payload=self._boot_payload,
+            options=EngineOptions(
+                call_timeout_s=float(settings.csms.call_timeout_s),
+                message_queue_resume_delay_s=float(settings.csms.message_queue_resume_delay_s),
+            ),
+        )
+        v16_core.install(self.engine)
+        v201_provisioning.install(self.engine, registered=self._registered)
+        self.engine.subscribe(self._on_engine_event)
+        csms = settings.csms
+        self.manager = ConnectionManager(
+            connection_profile(settings),
+            Backoff(csms.backoff_min_s, csms.backoff_max_s, csms.backoff_randomization),
+            on_connected=self._serve,
+            on_state=self._on_link_state,
+        )
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._send_lock = asyncio.Lock()
+        self._connection: ClientConnection | None = None
+
+    # ------------------------------------------------------------------ boot content
+    def _boot_payload(self, version: OcppVersion) -> dict[str, object]:
+        if version is OcppVersion.V16:
+            return v16_core.boot_payload(self.settings.identity)
+        return v201_provisioning.boot_payload(self.settings.identity)
+
+    def _registered(self) -> bool:
+        return self.engine.registration.value == "Accepted"
+
+    # ------------------------------------------------------------------ status
+    def _on_link_state(self, state: str, detail: str) -> None:
+        self.msglog.event(f"{state} {detail}".strip())
+        self.notifier.status(
+            f"CSMS {state}{': ' + detail if detail else ''}; queued {self.engine.queue_length}"
+        )
+
+    def _on_engine_event(self, event: str, data: object) -> None:
+        if event == "registration":
+            self.notifier.status(f"registration {data}; queued {self.engine.queue_length}")
+
+    # ------------------------------------------------------------------ external control
+    def websocket_disconnect(self) -> bool:
+        """EnableExternalWebsocketControl: drop the link and stay offline until reconnect."""
+        if not self.settings.csms.external_websocket_control:
+            log.warning("external websocket control is disabled; disconnect ignored")
+            return False
+        self.manager.disconnect()
+        return True
+
+    def websocket_connect(self) -> bool:
+        if not self.settings.csms.external_websocket_control:
+            log.warning("external websocket control is disabled; connect ignored")
+            return False
+        self.manager.connect()
+        return True
+
+    def kick(self) -> None:
+        """Something outside the engine changed its state: re-evaluate deadlines and send."""
+        self._wake.set()
+
+    # ------------------------------------------------------------------ main loop
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGUSR1, self.websocket_disconnect)
+        loop.add_signal_handler(signal.SIGUSR2, self.websocket_connect)
+        tasks = [asyncio.create_task(self.manager.run(), name="connection")]
+        interval = self.notifier.watchdog_interval()
+        if interval:
+            tasks.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
+        self.notifier.ready()
+        self.notifier.status(f"serving; queued {self.engine.queue_length}")
+        log.info(
+            "evsed %s started as %s (%d EVSE(s), %d message(s) queued)",
+            __version__,
+            self.settings.identity.charge_point_id,
+            len(self.settings.evses),
+            self.engine.queue_length,
+        )
+        try:
+            await self._stop.wait()
+        finally:
+            self.notifier.stopping()
+            log.info("stopping")
+            self.manager.stop()
+            await asyncio.wait(tasks[:1], timeout=5)
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            self.msglog.close()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+                loop.remove_signal_handler(sig)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    async def _serve(self, connection: ClientConnection, subprotocol: str) -> None:
+        version = OcppVersion.from_subprotocol(subprotocol)
+        self._connection = connection
+        self.engine.remember_version(version)
+        self.engine.connection_opened(version)
+        log.info("connected with OCPP %s", version.value)
+        timer = asyncio.create_task(self._timer(connection), name="engine-timer")
+        try:
+            await self._flush(connection)
+            async for message in connection:
+                self.msglog.write(
+                    "in",
+                    message if isinstance(message, str) else message.decode("utf-8", "replace"),
+                )
+                self.engine.receive(message)
+                await self._flush(connection)
+        except ConnectionClosed:
+            pass
+        finally:
+            timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await timer
+            self._connection = None
+            self.engine.connection_closed()
+            log.info("disconnected (close code %s)", connection.close_code)
+
+    async def _timer(self, connection: ClientConnection) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            deadline = self.engine.next_deadline()
+            self._wake.clear()
+            if deadline is None:
+                await self._wake.wait()
+            else:
+                delay = deadline - self.clock.monotonic()
+                if delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout_at(loop.time() + delay):
+                            await self._wake.wait()
+            self.engine.tick()
+            await self._flush(connection)
+
+    async def _flush(self, connection: ClientConnection) -> None:
+        async with self._send_lock:
+            for frame in self.engine.take_frames():
+                self.msglog.write("out", frame)
+                try:
+                    await connection.send(frame)
+                except ConnectionClosed:
+                    log.info(
+                        "connection closed while sending; the queue keeps the message",
+                        extra=log_fields(direction="out"),
+                    )
+                    return
+        self._wake.set()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="evsed", description="EV charger daemon (OCPP)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG_PATH,
+        help=f"main configuration file (default {DEFAULT_CONFIG_PATH}); "
+        "drop-ins are read from conf.d/ beside it",
+    )
+    parser.add_argument(
+        "--check-config", action="store_true", help="validate the configuration and exit"
+    )
+    parser.add_argument("--version", action="version", version=f"evsed {__version__}")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"evsed: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    if args.check_config:
+        print(f"evsed: configuration OK ({', '.join(map(str, settings.source_files))})")
+        return 0
+    setup_logging(settings.logging.level)
+    state_dir = settings.paths.state_directory
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        db = Database.open(state_dir / DATABASE_NAME, synchronous=settings.queue.sqlite_synchronous)
+    except (OSError, StoreError) as exc:
+        log.error("cannot open the state database in %s: %s", state_dir, exc)
+        return EX_CANTCREAT
+    try:
+        asyncio.run(Daemon(settings, db).run())
+    finally:
+        db.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Version-neutral station model: clock, configuration keys, (later) EVSEs and sessions."""

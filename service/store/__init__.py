@@ -1,0 +1,1 @@
+"""SQLite persistence: database and migrations, the durable outbound queue, overlays."""

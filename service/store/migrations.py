@@ -1,0 +1,67 @@
+"""Schema migrations of the evsed SQLite store: numbered, append-only, applied in order.
+
+Each entry is ``(version, sql)``. :class:`service.store.db.Database` applies every migration
+whose version is above the database's ``PRAGMA user_version`` inside one transaction each and
+sets ``user_version`` in that same transaction, so a crash mid-migration leaves the previous
+version intact. Never edit a released migration: add a new one.
+"""
+
+from __future__ import annotations
+
+# Notes on version 1:
+# - outbound_queue.seq is AUTOINCREMENT so a seq is never reused, even after the newest row was
+#   removed: a late response can't be matched to a different message that got the same seq.
+# - payload is JSON text; tx_ids.csms_tx_id is JSON text too (1.6 ids are ints, others strings),
+#   so the type round-trips.
+# - not_before and created_at are wall-clock unix seconds (0 = no delay); monotonic clocks don't
+#   survive a reboot. stamp_mono/boot_id let the engine correct a timestamp taken before the
+#   clock was set.
+_V1 = """
+CREATE TABLE outbound_queue (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id  TEXT    NOT NULL UNIQUE,
+    action      TEXT    NOT NULL,
+    payload     TEXT    NOT NULL,
+    kind        TEXT    NOT NULL CHECK (kind IN ('transaction', 'other')),
+    tx_ref      TEXT    NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    not_before  REAL    NOT NULL DEFAULT 0,
+    created_at  REAL    NOT NULL,
+    stamp_mono  REAL    NULL,
+    boot_id     TEXT    NULL
+);
+CREATE INDEX outbound_queue_kind ON outbound_queue (kind, seq);
+CREATE INDEX outbound_queue_tx_ref ON outbound_queue (tx_ref, seq) WHERE tx_ref IS NOT NULL;
+
+CREATE TABLE tx_ids (
+    tx_ref      TEXT PRIMARY KEY,
+    csms_tx_id  TEXT NULL
+);
+
+CREATE TABLE config_overlay (
+    key         TEXT PRIMARY KEY,
+    value       TEXT NOT NULL,
+    updated_at  REAL NOT NULL
+);
+
+CREATE TABLE kv (
+    key         TEXT PRIMARY KEY,
+    value       TEXT NOT NULL
+);
+"""
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (1, _V1),
+]
+
+LATEST_VERSION: int = MIGRATIONS[-1][0]
+
+
+def check_migrations(migrations: list[tuple[int, str]]) -> None:
+    """Raise ValueError unless versions run 1, 2, 3 … without gaps or repeats."""
+    for index, (version, _sql) in enumerate(migrations, start=1):
+        if version != index:
+            raise ValueError(f"migration #{index} has version {version}, expected {index}")
+
+
+check_migrations(MIGRATIONS)

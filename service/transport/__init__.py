@@ -1,0 +1,1 @@
+"""Websocket link to the CSMS: security profiles, TLS, backoff, connection manager."""

@@ -1,0 +1,147 @@
+"""Run `evsed` as a real process against the project's test CSMS on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from testcsms.server import TestCsms
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_config(directory: Path, url: str, *, charge_point_id: str = "CP-IT-1",
+                 csms_extra: str = "", ocpp_extra: str = "", top: str = "",
+                 versions: str = '["ocpp1.6"]') -> Path:
+    state = directory / "state"
+    logs = directory / "msglog"
+    path = directory / "evsed.toml"
+    path.write_text(
+        f"""{top}
+[identity]
+charge_point_id = "{charge_point_id}"
+vendor = "evsed"
+model = "it-test"
+firmware_version = "0.1.0"
+
+[csms]
+url = "{url}"
+ocpp_versions = {versions}
+security_profile = 0
+ping_interval_s = 5
+call_timeout_s = 2
+backoff_min_s = 0.1
+backoff_max_s = 0.5
+backoff_randomization = 0.2
+{csms_extra}
+
+[paths]
+state_directory = "{state}"
+message_log_directory = "{logs}"
+
+[logging]
+level = "debug"
+
+[ocpp]
+TransactionMessageRetryInterval = 1
+{ocpp_extra}
+
+[[evse]]
+id = 1
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+async def eventually(condition: Callable[[], bool], *, timeout: float = 10) -> None:
+    """Poll a condition that no CSMS event signals (e.g. the daemon's database)."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.05)
+
+
+@dataclass
+class DaemonProcess:
+    config: Path
+    process: asyncio.subprocess.Process
+    notify: socket.socket
+    stderr_lines: list[str] = field(default_factory=list)
+    notifications: list[str] = field(default_factory=list)
+    _reader: asyncio.Task[None] | None = None
+
+    async def wait_notification(self, prefix: str, timeout: float = 15) -> str:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            while True:
+                for note in self.notifications:
+                    if note.startswith(prefix):
+                        return note
+                data = await loop.sock_recv(self.notify, 4096)
+                self.notifications.extend(data.decode().splitlines())
+
+    def stderr(self) -> str:
+        return "\n".join(self.stderr_lines)
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(sig)
+        async with asyncio.timeout(timeout):
+            code = await self.process.wait()
+        if self._reader is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._reader, 5)
+        return code
+
+
+async def start_daemon(config: Path, tmp: Path, *, extra_env: dict[str, str] | None = None,
+                       ) -> DaemonProcess:
+    sock_path = tmp / f"notify-{os.getpid()}-{len(list(tmp.glob('notify-*')))}.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(sock_path))
+    notify.setblocking(False)
+    env = dict(os.environ)
+    env.pop("JOURNAL_STREAM", None)
+    env["NOTIFY_SOCKET"] = str(sock_path)
+    env.update(extra_env or {})
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service.main", "--config", str(config),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env, cwd=REPO,
+    )
+    daemon = DaemonProcess(config, process, notify)
+
+    async def read_stderr() -> None:
+        assert process.stderr is not None
+        async for line in process.stderr:
+            daemon.stderr_lines.append(line.decode(errors="replace").rstrip())
+
+    daemon._reader = asyncio.create_task(read_stderr())
+    return daemon
+
+
+@pytest.fixture
+async def csms() -> AsyncIterator[TestCsms]:
+    server = TestCsms(heartbeat_interval=300)
+    async with server:
+        yield server
+
+
+@pytest.fixture
+async def daemons() -> AsyncIterator[list[DaemonProcess]]:
+    started: list[DaemonProcess] = []
+    yield started
+    for daemon in started:
+        if daemon.process.returncode is None:
+            daemon.process.kill()
+            await daemon.process.wait()
+        daemon.notify.close()

@@ -1,0 +1,331 @@
+"""The sans-I/O engine, driven by frames and a fake clock, over a real SQLite queue."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.ocpp.engine import Engine, EngineOptions, Outcome, Registration
+from service.ocpp.rpc import OcppVersion
+from service.ocpp.v16 import core as v16_core
+from service.ocpp.v201 import provisioning as v201_provisioning
+from service.store.db import Database
+from service.store.queue import DurableQueue
+
+T0 = 1_800_000_000.0  # 2027-01-15, a valid wall time
+
+
+class FakeClock:
+    def __init__(self, wall: float = T0) -> None:
+        self.mono = 1000.0
+        self.wall = wall
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def time(self) -> float:
+        return self.wall
+
+    def advance(self, seconds: float) -> None:
+        self.mono += seconds
+        self.wall += seconds
+
+
+class Keys:
+    def __init__(self) -> None:
+        self.heartbeat_interval = 300
+        self.transaction_message_attempts = 3
+        self.transaction_message_retry_interval = 10
+
+    def set_heartbeat_interval(self, seconds: int) -> None:
+        self.heartbeat_interval = seconds
+
+
+BOOT_16 = {"chargePointVendor": "evsed", "chargePointModel": "test"}
+BOOT_201 = {"reason": "PowerUp", "chargingStation": {"vendorName": "evsed", "model": "test"}}
+
+
+class Harness:
+    def __init__(self, path: Path, *, resume_delay: float = 0.0, wall: float = T0) -> None:
+        self.db = Database.open(path)
+        self.queue = DurableQueue(self.db, max_other=100)
+        self.clock = FakeClock(wall)
+        self.keys = Keys()
+        counter = itertools.count(1)
+        self.engine = Engine(
+            queue=self.queue,
+            clock=self.clock,
+            new_id=lambda: f"id-{next(counter)}",
+            settings=self.keys,
+            boot_payload=lambda v: dict(BOOT_16 if v is OcppVersion.V16 else BOOT_201),
+            options=EngineOptions(call_timeout_s=30, message_queue_resume_delay_s=resume_delay),
+        )
+        v16_core.install(self.engine)
+
+    def sent(self) -> list[list[Any]]:
+        return [json.loads(f) for f in self.engine.take_frames()]
+
+    def answer(self, unique_id: str, payload: dict[str, Any]) -> None:
+        self.engine.receive(json.dumps([3, unique_id, payload]))
+
+    def boot(self, status: str = "Accepted", interval: int = 300) -> None:
+        self.engine.connection_opened(OcppVersion.V16)
+        [frame] = self.sent()
+        assert frame[2] == "BootNotification"
+        self.answer(frame[1], {"status": status, "currentTime": "2027-01-15T08:00:00Z",
+                               "interval": interval})
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Harness:
+    return Harness(tmp_path / "evsed.db")
+
+
+def test_boot_accepted_sets_heartbeat_and_time(h: Harness) -> None:
+    h.boot(interval=120)
+    assert h.engine.registration is Registration.ACCEPTED
+    assert h.keys.heartbeat_interval == 120
+    assert h.sent() == []
+    assert h.engine.next_deadline() == pytest.approx(h.clock.mono + 120)
+    h.clock.advance(120)
+    h.engine.tick()
+    [hb] = h.sent()
+    assert hb[2] == "Heartbeat" and hb[3] == {}
+
+
+def test_nothing_but_boot_is_sent_before_accepted(h: Harness) -> None:
+    h.engine.enqueue("StatusNotification", {"connectorId": 0, "errorCode": "NoError",
+                                            "status": "Available"}, transaction=False)
+    h.boot(status="Pending", interval=30)
+    assert h.engine.registration is Registration.PENDING
+    # Pending waits for the CSMS: no unprompted resend, no queued message, no heartbeat.
+    h.clock.advance(3600)
+    h.engine.tick()
+    assert h.sent() == []
+    assert h.engine.request("Authorize", {"idTag": "A"}) is False
+
+
+def test_pending_then_trigger_boot(h: Harness) -> None:
+    h.boot(status="Pending", interval=30)
+    h.engine.receive(json.dumps([2, "csms-1", "TriggerMessage",
+                                 {"requestedMessage": "BootNotification"}]))
+    result, boot = h.sent()
+    assert result == [3, "csms-1", {"status": "Accepted"}]
+    assert boot[2] == "BootNotification"
+    h.answer(boot[1], {"status": "Accepted", "currentTime": "2027-01-15T08:00:00Z",
+                       "interval": 60})
+    assert h.engine.registration is Registration.ACCEPTED
+
+
+def test_rejected_waits_for_interval(h: Harness) -> None:
+    h.boot(status="Rejected", interval=50)
+    h.clock.advance(49)
+    h.engine.tick()
+    assert h.sent() == []
+    h.clock.advance(1)
+    h.engine.tick()
+    [boot] = h.sent()
+    assert boot[2] == "BootNotification"
+
+
+def test_boot_timeout_is_retried(h: Harness) -> None:
+    h.engine.connection_opened(OcppVersion.V16)
+    [first] = h.sent()
+    h.clock.advance(30)
+    h.engine.tick()
+    assert h.sent() == []
+    h.clock.advance(30)
+    h.engine.tick()
+    [second] = h.sent()
+    assert second[2] == "BootNotification" and second[1] != first[1]
+
+
+def test_one_call_outstanding_and_fifo(h: Harness) -> None:
+    h.boot()
+    for i in range(3):
+        h.engine.enqueue("DataTransfer", {"vendorId": "v", "data": str(i)}, transaction=True)
+    [first] = h.sent()
+    assert first[3]["data"] == "0"
+    assert h.sent() == []  # nothing else while the first is outstanding
+    h.answer(first[1], {"status": "Accepted"})
+    [second] = h.sent()
+    assert second[3]["data"] == "1"
+
+
+def test_timeout_keeps_message_and_id(h: Harness) -> None:
+    h.boot()
+    h.engine.enqueue("DataTransfer", {"vendorId": "v", "data": "x"}, transaction=True)
+    [frame] = h.sent()
+    h.clock.advance(30)
+    h.engine.tick()
+    assert h.sent() == []
+    h.clock.advance(10)
+    h.engine.tick()
+    [again] = h.sent()
+    assert again[1] == frame[1]  # same id: a late answer still matches
+    assert len(h.queue) == 1
+    assert h.queue.head() is not None and h.queue.head().attempts == 0  # type: ignore[union-attr]
+
+
+def test_callerror_counts_attempts_then_drops(h: Harness) -> None:
+    h.boot()
+    h.engine.enqueue("DataTransfer", {"vendorId": "v", "data": "x"}, transaction=True)
+    for attempt in range(1, 4):
+        [frame] = h.sent()
+        h.engine.receive(json.dumps([4, frame[1], "InternalError", "boom", {}]))
+        if attempt < 3:
+            assert len(h.queue) == 1
+            h.clock.advance(10 * attempt - 1)
+            h.engine.tick()
+            assert h.sent() == []
+            h.clock.advance(1)
+            h.engine.tick()
+    assert len(h.queue) == 0
+
+
+def test_start_transaction_id_patched_into_stop(h: Harness) -> None:
+    h.boot()
+    h.engine.enqueue("StartTransaction", {"connectorId": 1, "idTag": "T", "meterStart": 0,
+                                          "timestamp": "2027-01-15T08:00:00Z"},
+                     transaction=True, tx_ref="local-1")
+    h.engine.enqueue("StopTransaction", {"transactionId": None, "meterStop": 10,
+                                         "timestamp": "2027-01-15T09:00:00Z"},
+                     transaction=True, tx_ref="local-1")
+    [start] = h.sent()
+    h.answer(start[1], {"transactionId": 4242, "idTagInfo": {"status": "Accepted"}})
+    [stop] = h.sent()
+    assert stop[2] == "StopTransaction" and stop[3]["transactionId"] == 4242
+
+
+def test_stop_without_csms_id_is_never_sent_as_minus_one(h: Harness) -> None:
+    h.keys.transaction_message_attempts = 1
+    h.boot()
+    h.engine.enqueue("StartTransaction", {"connectorId": 1, "idTag": "T", "meterStart": 0,
+                                          "timestamp": "2027-01-15T08:00:00Z"},
+                     transaction=True, tx_ref="local-1")
+    h.engine.enqueue("StopTransaction", {"transactionId": None, "meterStop": 10,
+                                         "timestamp": "2027-01-15T09:00:00Z"},
+                     transaction=True, tx_ref="local-1")
+    [start] = h.sent()
+    h.engine.receive(json.dumps([4, start[1], "InternalError", "no", {}]))
+    assert h.sent() == []
+    assert len(h.queue) == 0
+
+
+def test_unmatched_response_is_dropped(h: Harness) -> None:
+    h.boot()
+    h.answer("nobody", {"status": "Accepted"})
+    assert h.sent() == []
+    assert h.engine.stats.dropped_unmatched == 1
+
+
+def test_resume_delay_after_reconnect(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "db", resume_delay=5)
+    h.boot()
+    h.engine.enqueue("DataTransfer", {"vendorId": "v"}, transaction=True)
+    assert h.sent() == []
+    h.clock.advance(5)
+    h.engine.tick()
+    [frame] = h.sent()
+    assert frame[2] == "DataTransfer"
+
+
+def test_reconnect_does_not_reboot_and_resends_inflight(h: Harness) -> None:
+    h.boot()
+    h.engine.enqueue("DataTransfer", {"vendorId": "v"}, transaction=True)
+    [frame] = h.sent()
+    h.engine.connection_closed()
+    h.engine.connection_opened(OcppVersion.V16)
+    [again] = h.sent()
+    assert again[2] == "DataTransfer" and again[1] == frame[1]
+
+
+def test_request_outcome_and_priority_over_queue(h: Harness) -> None:
+    h.boot()
+    outcomes: list[Outcome] = []
+    h.engine.enqueue("DataTransfer", {"vendorId": "v", "data": "q"}, transaction=True)
+    assert h.engine.request("Authorize", {"idTag": "ABC"}, outcomes.append)
+    [queued] = h.sent()
+    h.answer(queued[1], {"status": "Accepted"})
+    [authorize] = h.sent()
+    assert authorize[2] == "Authorize"
+    h.answer(authorize[1], {"idTagInfo": {"status": "Accepted"}})
+    assert outcomes[0].ok and outcomes[0].payload == {"idTagInfo": {"status": "Accepted"}}
+
+
+def test_invalid_outbound_payload_refused_before_storing(h: Harness) -> None:
+    h.boot()
+    with pytest.raises(ValueError, match="StatusNotification"):
+        h.engine.enqueue("StatusNotification", {"connectorId": "one"}, transaction=False)
+    assert len(h.queue) == 0
+
+
+@pytest.mark.parametrize(
+    ("frame", "code", "unique_id"),
+    [
+        ("not json", "FormationViolation", "-1"),
+        ('{"a": 1}', "ProtocolError", "-1"),
+        ("[]", "ProtocolError", "-1"),
+        ('[9, "x", "Reset", {}]', "ProtocolError", "x"),
+        ('[2, "x", "Reset"]', "ProtocolError", "x"),
+        ('[2, 17, "Reset", {}]', "ProtocolError", "-1"),
+        ('[2, "x", "Reset", []]', "FormationViolation", "x"),
+        ('[2, "x", "Teleport", {}]', "NotImplemented", "x"),
+        ('[2, "x", "BootNotification", {}]', "NotSupported", "x"),
+        ('[2, "x", "TriggerMessage", {}]', "OccurenceConstraintViolation", "x"),
+        ('[2, "x", "TriggerMessage", {"requestedMessage": 5}]', "TypeConstraintViolation", "x"),
+        ('[2, "x", "TriggerMessage", {"requestedMessage": "Coffee"}]',
+         "PropertyConstraintViolation", "x"),
+        ('[2, "x", "TriggerMessage", {"requestedMessage": "Heartbeat", "extra": 1}]',
+         "FormationViolation", "x"),
+    ],
+)
+def test_malformed_inbound_v16(h: Harness, frame: str, code: str, unique_id: str) -> None:
+    h.boot()
+    h.engine.receive(frame)
+    [reply] = h.sent()
+    assert reply[0] == 4 and reply[1] == unique_id and reply[2] == code
+    # and the engine carries on
+    h.engine.receive(json.dumps([2, "ok", "TriggerMessage", {"requestedMessage": "Heartbeat"}]))
+    result, heartbeat = h.sent()
+    assert result == [3, "ok", {"status": "Accepted"}] and heartbeat[2] == "Heartbeat"
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("not json", "FormatViolation"),
+        ('[5, "x", "Reset", {}]', "MessageTypeNotSupported"),
+        ('[2, "x"]', "RpcFrameworkError"),
+        ('[2, "x", "Teleport", {}]', "NotImplemented"),
+        ('[2, "x", "TriggerMessage", {}]', "OccurrenceConstraintViolation"),
+    ],
+)
+def test_malformed_inbound_v201(h: Harness, frame: str, code: str) -> None:
+    v201_provisioning.install(h.engine, registered=lambda: True)
+    h.engine.connection_opened(OcppVersion.V201)
+    [boot] = h.sent()
+    h.answer(boot[1], {"status": "Accepted", "currentTime": "2027-01-15T08:00:00Z",
+                       "interval": 300})
+    h.engine.receive(frame)
+    [reply] = h.sent()
+    assert reply[0] == 4 and reply[2] == code
+
+
+def test_responses_are_never_answered(h: Harness) -> None:
+    h.boot()
+    h.engine.receive('[3, "x"]')
+    h.engine.receive('[4, "x", 5, "d", {}]')
+    assert h.sent() == []
+
+
+def test_time_before_valid_is_not_sent(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "db", wall=3600.0)  # RTC at 1970
+    assert h.engine.now_iso() is None
+    h.boot()
+    assert h.engine.now_iso() is not None
+    assert h.engine.now_iso().startswith("2027-01-15T08:00:00")  # type: ignore[union-attr]
