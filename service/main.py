@@ -19,7 +19,9 @@ import logging
 import signal
 import sys
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
@@ -122,8 +124,10 @@ class Daemon:
             f"CSMS {state}{': ' + detail if detail else ''}; queued {self.engine.queue_length}"
         )
 
-    def _on_engine_event(self, event: str, data: object) -> None:
+    def _on_engine_event(self, event: str, data: Mapping[str, Any]) -> None:
         if event == "registration":
+            if data.get("status") == "Accepted":
+                self.manager.mark_stable()
             self.notifier.status(f"registration {data}; queued {self.engine.queue_length}")
 
     # ------------------------------------------------------------------ external control
@@ -193,7 +197,6 @@ class Daemon:
     async def _serve(self, connection: ClientConnection, subprotocol: str) -> None:
         version = OcppVersion.from_subprotocol(subprotocol)
         self._connection = connection
-        self.engine.remember_version(version)
         self.engine.connection_opened(version)
         log.info("connected with OCPP %s", version.value)
         timer = asyncio.create_task(self._timer(connection), name="engine-timer")
@@ -204,7 +207,10 @@ class Daemon:
                     "in",
                     message if isinstance(message, str) else message.decode("utf-8", "replace"),
                 )
-                self.engine.receive(message)
+                try:
+                    self.engine.receive(message)
+                except Exception:  # a bug must cost one frame, never the daemon
+                    log.exception("engine failed on an inbound frame; continuing")
                 await self._flush(connection)
         except ConnectionClosed:
             pass
@@ -229,7 +235,10 @@ class Daemon:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout_at(loop.time() + delay):
                             await self._wake.wait()
-            self.engine.tick()
+            try:
+                self.engine.tick()
+            except Exception:
+                log.exception("engine failed on a timer tick; continuing")
             await self._flush(connection)
 
     async def _flush(self, connection: ClientConnection) -> None:

@@ -53,8 +53,20 @@ from service.ocpp.rpc import (
     schemas,
 )
 from service.station.clock import Clock, TimeKeeper, format_iso
+from service.store.db import StoreError
 
 log = logging.getLogger("evsed.ocpp")
+
+
+TIME_MARKER = "@mono:"
+
+
+def _has_marker(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_has_marker(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_marker(v) for v in value)
+    return isinstance(value, str) and value.startswith(TIME_MARKER)
 
 
 class Registration(Enum):
@@ -97,6 +109,7 @@ class OutboundQueue(Protocol):
     def head(self) -> QueuedMessageLike | None: ...
     def remove(self, seq: int) -> bool: ...
     def record_attempt(self, seq: int, *, not_before: float) -> Any: ...
+    def update_payload(self, seq: int, payload: JsonDict) -> Any: ...
     def complete(
         self, seq: int, *, tx_ref: str | None = None, csms_transaction_id: str | int | None = None
     ) -> None: ...
@@ -192,6 +205,9 @@ class Engine:
         self._last_call_sent = clock.monotonic()
         self._listeners: list[Callable[[str, Mapping[str, Any]], None]] = []
         self._dispatching = False
+        self._last_version: OcppVersion | None = None
+        # Identifies this process run; time markers from another run cannot be resolved.
+        self.boot_id = new_id()
 
     # ---------------------------------------------------------------- configuration
     def register(self, version: OcppVersion, action: str, handler: Handler) -> None:
@@ -215,6 +231,7 @@ class Engine:
 
     def connection_opened(self, version: OcppVersion) -> None:
         self.version = version
+        self._last_version = version
         now = self._clock.monotonic()
         self._queue_resume_at = now + self.options.message_queue_resume_delay_s
         self._last_call_sent = now
@@ -272,8 +289,6 @@ class Engine:
         self._pump()
         return message_id
 
-    _last_version: OcppVersion | None = None
-
     def request(self, action: str, payload: JsonDict, on_done: Done | None = None) -> bool:
         """Send a non-durable request now (or as soon as the line is free while connected).
 
@@ -329,7 +344,13 @@ class Engine:
                 self._dispatching = False
             self._frames.append(reply)
         else:
-            self._on_response(version, frame)
+            try:
+                self._on_response(version, frame)
+            except StoreError as exc:
+                # The store refused the bookkeeping (disk full, I/O error). The message stays
+                # queued and goes out again later with the same id; nothing is lost.
+                log.error("could not record the response to %s: %s", frame.unique_id, exc)
+                self._retry_head_later()
         self._pump()
 
     def _dispatch(self, version: OcppVersion, call: Call) -> str:
@@ -401,6 +422,13 @@ class Engine:
             self._failed(
                 current,
                 Outcome(current.action, error_code=frame.code, error_description=frame.description),
+            )
+
+    def _retry_head_later(self) -> None:
+        head = self._queue.head()
+        if head is not None:
+            self._queue_retry_at[head.seq] = (
+                self._clock.monotonic() + self._settings.transaction_message_retry_interval
             )
 
     # ---------------------------------------------------------------- outcomes
@@ -596,6 +624,12 @@ class Engine:
         if head is None or now < self._queue_retry_at.get(head.seq, 0.0):
             return None
         payload = head.payload
+        if _has_marker(payload):
+            resolved = self._resolve_times(payload)
+            if resolved is None:
+                return None  # no valid time yet: hold the queue rather than send 1970
+            payload = resolved
+            self._queue.update_payload(head.seq, payload)  # retries carry the same times
         if "transactionId" in payload and payload["transactionId"] is None:
             # 1.6: the CSMS id of this transaction never arrived (its StartTransaction was
             # dropped). Sending -1 would corrupt the CSMS's books; drop with an error instead.
@@ -614,6 +648,42 @@ class Engine:
         )
 
     # ---------------------------------------------------------------- helpers for adapters
+    def timestamp(self) -> str:
+        """The time to put in a message now: ISO 8601 UTC when a valid time is known, else a
+        marker that the queue resolves to the real time once the clock is set (so nothing is
+        ever stamped 1970)."""
+        now = self.time.now()
+        if now is not None:
+            return format_iso(now)
+        return f"{TIME_MARKER}{self.boot_id}:{self._clock.monotonic():.3f}"
+
+    def _resolve_times(self, payload: JsonDict) -> JsonDict | None:
+        if self.time.now() is None:
+            return None
+
+        def resolve(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: resolve(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [resolve(v) for v in value]
+            if isinstance(value, str) and value.startswith(TIME_MARKER):
+                boot_id, _, mono = value[len(TIME_MARKER) :].rpartition(":")
+                moment = self.time.at_monotonic(float(mono)) if boot_id == self.boot_id else None
+                if moment is None:
+                    # Recorded before a restart that came before any valid time: the true
+                    # time is lost. Send the earliest time we can vouch for, and say so.
+                    log.warning(
+                        "time of a queued message recorded before the clock was set "
+                        "in an earlier run is unknown; using the send time"
+                    )
+                    moment = self.time.now()
+                assert moment is not None
+                return format_iso(moment)
+            return value
+
+        resolved: JsonDict = resolve(payload)
+        return resolved
+
     def now_iso(self) -> str | None:
         now = self.time.now()
         return None if now is None else format_iso(now)
@@ -621,6 +691,3 @@ class Engine:
     @property
     def queue_length(self) -> int:
         return len(self._queue)
-
-    def remember_version(self, version: OcppVersion) -> None:
-        self._last_version = version

@@ -341,8 +341,10 @@ class ConnectionManager:
         on_connected: OnConnected,
         on_state: OnState | None = None,
         sleep: Sleep = asyncio.sleep,
+        stable_after_s: float = 30.0,
     ) -> None:
         self._profile = profile
+        self._stable_after_s = stable_after_s
         self._backoff = backoff
         self._on_connected = on_connected
         self._on_state = on_state
@@ -368,6 +370,11 @@ class ConnectionManager:
     @property
     def connected(self) -> bool:
         return self._current is not None and self._current.state is State.OPEN
+
+    def mark_stable(self) -> None:
+        """The open connection is known good (e.g. the CSMS accepted the boot): restart the
+        backoff from its minimum for the next loss."""
+        self._backoff.reset()
 
     def set_profile(self, profile: ConnectionProfile) -> None:
         """Use `profile` from the next connection attempt on (the open connection stays)."""
@@ -423,9 +430,14 @@ class ConnectionManager:
         if opened is None:  # stop() or disconnect() came first
             return
         conn, subprotocol = opened
-        self._backoff.reset()
         self._skip_wait = False
+        started = asyncio.get_running_loop().time()
         reason, detail = await self._session(conn, subprotocol, profile)
+        # The backoff restarts only after a connection proved useful (it lasted, or the caller
+        # said so with mark_stable()): a CSMS that accepts and at once closes must not be
+        # hammered at the minimum delay.
+        if asyncio.get_running_loop().time() - started >= self._stable_after_s:
+            self._backoff.reset()
         if self._stopping:
             self._emit(LinkState.DISCONNECTED, "stopped")
         elif self._paused:

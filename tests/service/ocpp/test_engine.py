@@ -13,7 +13,7 @@ from service.ocpp.engine import Engine, EngineOptions, Outcome, Registration
 from service.ocpp.rpc import OcppVersion
 from service.ocpp.v16 import core as v16_core
 from service.ocpp.v201 import provisioning as v201_provisioning
-from service.store.db import Database
+from service.store.db import Database, StoreFullError
 from service.store.queue import DurableQueue
 
 T0 = 1_800_000_000.0  # 2027-01-15, a valid wall time
@@ -329,3 +329,58 @@ def test_time_before_valid_is_not_sent(tmp_path: Path) -> None:
     h.boot()
     assert h.engine.now_iso() is not None
     assert h.engine.now_iso().startswith("2027-01-15T08:00:00")  # type: ignore[union-attr]
+
+
+def test_message_recorded_before_valid_time_gets_the_true_time(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "db", wall=3600.0)  # RTC at 1970, no NTP
+    stamp = h.engine.timestamp()
+    assert stamp.startswith("@mono:")
+    h.engine.enqueue("StartTransaction", {"connectorId": 1, "idTag": "T", "meterStart": 0,
+                                          "timestamp": stamp}, transaction=True, tx_ref="t")
+    h.clock.advance(90)  # the CSMS is reached 90 s later and tells the time
+    h.boot()
+    [start] = h.sent()
+    # 08:00:00 at boot, so the transaction started 90 s before.
+    assert start[3]["timestamp"] == "2027-01-15T07:58:30.000Z"
+    # A retry carries the same, now stored, time.
+    assert h.queue.head().payload["timestamp"] == start[3]["timestamp"]  # type: ignore[union-attr]
+
+
+def test_marker_from_an_earlier_run_uses_send_time(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "db", wall=3600.0)
+    h.engine.enqueue("StartTransaction", {"connectorId": 1, "idTag": "T", "meterStart": 0,
+                                          "timestamp": "@mono:other-run:12.000"},
+                     transaction=True, tx_ref="t")
+    h.boot()
+    [start] = h.sent()
+    assert start[3]["timestamp"].startswith("2027-01-15T08:00:00")
+
+
+class FullDiskQueue(DurableQueue):
+    """The lowest seam: the disk refuses the write that records a processed response."""
+
+    full = True
+
+    def complete(self, seq: int, *, tx_ref: str | None = None,
+                 csms_transaction_id: str | int | None = None) -> None:
+        if self.full:
+            raise StoreFullError("database or disk is full")
+        super().complete(seq, tx_ref=tx_ref, csms_transaction_id=csms_transaction_id)
+
+
+def test_store_failure_on_response_keeps_message_for_later(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "db")
+    queue = FullDiskQueue(h.db, max_other=10)
+    h.engine._queue = queue  # type: ignore[attr-defined]
+    h.boot()
+    h.engine.enqueue("DataTransfer", {"vendorId": "v"}, transaction=True)
+    [frame] = h.sent()
+    h.answer(frame[1], {"status": "Accepted"})  # must not raise
+    assert len(queue) == 1
+    queue.full = False
+    h.clock.advance(10)
+    h.engine.tick()
+    [again] = h.sent()
+    assert again[1] == frame[1]
+    h.answer(again[1], {"status": "Accepted"})
+    assert len(queue) == 0

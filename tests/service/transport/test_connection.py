@@ -758,3 +758,60 @@ def _no_proxy_from_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None
     monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
     monkeypatch.setenv("all_proxy", "http://127.0.0.1:9")
     yield
+
+
+async def test_accept_then_close_at_once_keeps_growing_the_backoff() -> None:
+    """A CSMS that accepts and immediately closes must not be hammered at the minimum delay."""
+    delays: list[float] = []
+
+    async def fake_sleep(delay: float) -> None:
+        delays.append(delay)
+        await asyncio.sleep(0)
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.close(1000, "go away")
+
+    recorder = Recorder()
+    async with asyncio.timeout(LIMIT), ws_server(handler, subprotocols=["ocpp1.6"]) as server:
+        manager = manager_for(
+            plain_profile(port_of(server)),
+            recorder,
+            backoff=Backoff(1.0, 64.0, 0.0),
+            sleep=fake_sleep,
+        )
+        async with running(manager):
+            await recorder.wait_for(lambda: len(delays) >= 5)
+    assert delays[:5] == [1.0, 2.0, 4.0, 8.0, 16.0]
+    assert recorder.count("connected") >= 5
+
+
+async def test_mark_stable_restarts_the_backoff() -> None:
+    delays: list[float] = []
+
+    async def fake_sleep(delay: float) -> None:
+        delays.append(delay)
+        await asyncio.sleep(0)
+
+    manager: ConnectionManager | None = None
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.close(1000, "go away")
+
+    async def on_connected(conn: Any, subprotocol: str) -> None:
+        assert manager is not None
+        manager.mark_stable()  # as the daemon does once the CSMS accepted the boot
+        await conn.wait_closed()
+
+    async with asyncio.timeout(LIMIT), ws_server(handler, subprotocols=["ocpp1.6"]) as server:
+        manager = ConnectionManager(
+            plain_profile(port_of(server)),
+            Backoff(1.0, 64.0, 0.0),
+            on_connected=on_connected,
+            sleep=fake_sleep,
+        )
+        task = asyncio.create_task(manager.run())
+        while len(delays) < 3:
+            await asyncio.sleep(0.01)
+        manager.stop()
+        await task
+    assert delays[:3] == [1.0, 1.0, 1.0]
