@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def write_config(directory: Path, url: str, *, charge_point_id: str = "CP-IT-1",
                  csms_extra: str = "", ocpp_extra: str = "", top: str = "",
-                 versions: str = '["ocpp1.6"]') -> Path:
+                 versions: str = '["ocpp1.6"]', security_profile: int = 0) -> Path:
     state = directory / "state"
     logs = directory / "msglog"
     path = directory / "evsed.toml"
@@ -36,7 +37,7 @@ firmware_version = "0.1.0"
 [csms]
 url = "{url}"
 ocpp_versions = {versions}
-security_profile = 0
+security_profile = {security_profile}
 ping_interval_s = 5
 call_timeout_s = 2
 backoff_min_s = 0.1
@@ -89,6 +90,13 @@ class DaemonProcess:
                 data = await loop.sock_recv(self.notify, 4096)
                 self.notifications.extend(data.decode().splitlines())
 
+    async def wait_notifications(self, prefix: str, count: int, timeout: float = 15) -> None:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            while sum(1 for n in self.notifications if n.startswith(prefix)) < count:
+                data = await loop.sock_recv(self.notify, 4096)
+                self.notifications.extend(data.decode().splitlines())
+
     def stderr(self) -> str:
         return "\n".join(self.stderr_lines)
 
@@ -106,7 +114,8 @@ class DaemonProcess:
 
 async def start_daemon(config: Path, tmp: Path, *, extra_env: dict[str, str] | None = None,
                        ) -> DaemonProcess:
-    sock_path = tmp / f"notify-{os.getpid()}-{len(list(tmp.glob('notify-*')))}.sock"
+    # AF_UNIX paths are limited to 108 bytes: keep the socket in a short private directory.
+    sock_path = Path(tempfile.mkdtemp(prefix="evsed-n-", dir="/tmp")) / "notify"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(sock_path))
     notify.setblocking(False)

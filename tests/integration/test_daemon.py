@@ -184,3 +184,15 @@ async def test_ws_url_and_json_log_are_readable(csms: TestCsms, daemons: list[Da
         parts = line.split(" ", 2)
         if parts[1] in ("in", "out"):
             json.loads(parts[2])
+
+
+async def test_watchdog_pings_at_half_the_interval(csms: TestCsms, daemons: list[DaemonProcess],
+                                                   tmp_path: Path) -> None:
+    daemon = await start_daemon(write_config(tmp_path, csms.url), tmp_path,
+                                extra_env={"WATCHDOG_USEC": "400000"})
+    daemons.append(daemon)
+    await daemon.wait_notification("READY=1")
+    await daemon.wait_notifications("WATCHDOG=1", 4)  # every 0.2 s while the loop runs
+    status = await daemon.wait_notification("STATUS=")
+    assert "queued" in status or "serving" in status
+    assert await daemon.stop() == 0
