@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test lint typecheck clean
+.PHONY: setup system-deps demo test lint typecheck bench clean
 
 # Debian packages the tests use (journald for the journal test, socat for serial ptys later).
 system-deps:
@@ -31,6 +31,9 @@ typecheck: $(STAMP)
 
 test: $(STAMP) system-deps lint typecheck
 	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.roundtrip
 
 clean:
 	rm -rf $(VENV) demo-state .pytest_cache .mypy_cache .ruff_cache
