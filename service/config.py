@@ -144,6 +144,16 @@ class Logging:
 
 
 @dataclass(frozen=True, slots=True)
+class Dbus:
+    """The local control API: on the system bus in production."""
+
+    enabled: bool = True
+    bus: str = "system"  # "system", "session", or a D-Bus address such as "unix:path=/run/x"
+    simulator: bool = True  # export org.evsed.Simulator1 when simulated hardware is configured
+    meter_poll_interval_s: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class Hardware:
     """A device of an EVSE: the HAL backend that drives it and its backend options."""
 
@@ -178,12 +188,14 @@ class Settings:
     paths: Paths = field(default_factory=Paths)
     queue: Queue = field(default_factory=Queue)
     logging: Logging = field(default_factory=Logging)
+    dbus: Dbus = field(default_factory=Dbus)
     evses: tuple[Evse, ...] = (Evse(),)
     ocpp_keys: dict[str, OcppKeyValue] = field(default_factory=dict)
     source_files: tuple[Path, ...] = ()
 
 
-_TOP_KEYS = ("identity", "csms", "paths", "queue", "logging", "evse", "ocpp")
+_TOP_KEYS = ("identity", "csms", "paths", "queue", "logging", "dbus", "evse", "ocpp")
+_DBUS_KEYS = tuple(f.name for f in fields(Dbus))
 _IDENTITY_KEYS = tuple(f.name for f in fields(Identity))
 _CSMS_KEYS = tuple(f.name for f in fields(Csms))
 _PATHS_KEYS = tuple(f.name for f in fields(Paths))
@@ -213,9 +225,23 @@ def load_settings(path: Path) -> Settings:
                 ),
             )
         ),
+        dbus=_dbus(root.table("dbus", _DBUS_KEYS)),
         evses=_evses(root),
         ocpp_keys=_ocpp_keys(root),
         source_files=files,
+    )
+
+
+def _dbus(t: Table) -> Dbus:
+    bus = t.string("bus", "system", min_len=1, max_len=512)
+    if bus not in ("system", "session") and ":" not in bus:
+        raise t.error("bus", show(bus), '"system", "session" or a D-Bus address like '
+                      '"unix:path=/run/dbus/system_bus_socket"')
+    return Dbus(
+        enabled=t.boolean("enabled", True),
+        bus=bus,
+        simulator=t.boolean("simulator", True),
+        meter_poll_interval_s=t.number("meter_poll_interval_s", 1.0, 0.1, 60.0),
     )
 
 

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import uuid
@@ -26,17 +27,20 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from hal.registry import HardwareConfigError
 from service import __version__
+from service.charger import Charger
 from service.config import DEFAULT_CONFIG_PATH, EX_CONFIG, ConfigError, Settings, load_settings
 from service.journal import log_fields, setup_logging
 from service.msglog import MessageLog
 from service.ocpp.engine import Engine, EngineOptions
 from service.ocpp.rpc import OcppVersion
-from service.ocpp.v16 import core as v16_core
 from service.ocpp.v201 import provisioning as v201_provisioning
 from service.sdnotify import Notifier
+from service.station.api import NotAvailable
 from service.station.clock import Clock, SystemClock
 from service.station.configuration import Configuration
+from service.station.model import StopReason
 from service.store.db import Database, StoreError
 from service.store.overlay import ConfigOverlay
 from service.store.queue import DurableQueue
@@ -93,9 +97,22 @@ class Daemon:
                 message_queue_resume_delay_s=float(settings.csms.message_queue_resume_delay_s),
             ),
         )
-        v16_core.install(self.engine)
         v201_provisioning.install(self.engine, registered=self._registered)
         self.engine.subscribe(self._on_engine_event)
+        self.engine.wakeup = self.kick
+        self.link_state = "disconnected"
+        self.restart_requested = False
+        self.charger = Charger(
+            settings,
+            db,
+            self.engine,
+            self.configuration,
+            self.clock,
+            request_reset=self._request_reset,
+            link_state=lambda: self.link_state,
+            websocket=self._websocket_control,
+            wake_engine=self.kick,
+        )
         csms = settings.csms
         self.manager = ConnectionManager(
             connection_profile(settings),
@@ -111,6 +128,8 @@ class Daemon:
     # ------------------------------------------------------------------ boot content
     def _boot_payload(self, version: OcppVersion) -> dict[str, object]:
         if version is OcppVersion.V16:
+            from service.ocpp.v16 import core as v16_core
+
             return v16_core.boot_payload(self.settings.identity)
         return v201_provisioning.boot_payload(self.settings.identity)
 
@@ -119,6 +138,8 @@ class Daemon:
 
     # ------------------------------------------------------------------ status
     def _on_link_state(self, state: str, detail: str) -> None:
+        self.link_state = str(state)
+        self.charger.control.notify_station()
         self.msglog.event(f"{state} {detail}".strip())
         self.notifier.status(
             f"CSMS {state}{': ' + detail if detail else ''}; queued {self.engine.queue_length}"
@@ -128,6 +149,7 @@ class Daemon:
         if event == "registration":
             if data.get("status") == "Accepted":
                 self.manager.mark_stable()
+            self.charger.control.notify_station()
             self.notifier.status(f"registration {data}; queued {self.engine.queue_length}")
 
     # ------------------------------------------------------------------ external control
@@ -146,6 +168,31 @@ class Daemon:
         self.manager.connect()
         return True
 
+    def _websocket_control(self, connect: bool) -> None:
+        ok = self.websocket_connect() if connect else self.websocket_disconnect()
+        if not ok:
+            raise NotAvailable(
+                "external websocket control is disabled (csms.external_websocket_control)"
+            )
+
+    def _request_reset(self, kind: str) -> None:
+        """Reset: the station already stopped its transactions; deliver what can be
+        delivered, then stop so main() restarts the process."""
+        self.restart_requested = True
+        self._reset_task = asyncio.get_running_loop().create_task(self._reset_soon(kind))
+
+    async def _reset_soon(self, kind: str) -> None:
+        await asyncio.sleep(0.5)  # let the Reset.conf and StopTransactions go out first
+        await self._drain(10.0)
+        log.warning("%s reset: restarting", kind)
+        self.stop()
+
+    async def _drain(self, limit: float) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + limit
+        while self.engine.connected and self.engine.queue_length and loop.time() < end:
+            await asyncio.sleep(0.05)
+
     def kick(self) -> None:
         """Something outside the engine changed its state: re-evaluate deadlines and send."""
         self._wake.set()
@@ -157,6 +204,7 @@ class Daemon:
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGUSR1, self.websocket_disconnect)
         loop.add_signal_handler(signal.SIGUSR2, self.websocket_connect)
+        await self.charger.start()
         tasks = [asyncio.create_task(self.manager.run(), name="connection")]
         interval = self.notifier.watchdog_interval()
         if interval:
@@ -175,6 +223,10 @@ class Daemon:
         finally:
             self.notifier.stopping()
             log.info("stopping")
+            if not self.restart_requested and self.charger.station.stop_all(StopReason.REBOOT):
+                self.kick()
+                await self._drain(3.0)
+            await self.charger.stop()
             self.manager.stop()
             await asyncio.wait(tasks[:1], timeout=5)
             for task in tasks:
@@ -291,10 +343,22 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot open the state database in %s: %s", state_dir, exc)
         return EX_CANTCREAT
     try:
-        asyncio.run(Daemon(settings, db).run())
+        daemon = asyncio.run(_run(settings, db))
+    except HardwareConfigError as exc:
+        print(f"evsed: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
     finally:
         db.close()
+    if daemon.restart_requested:
+        # Reset: start afresh in the same process slot (systemd keeps the same unit).
+        os.execv(sys.executable, [sys.executable, "-m", "service.main", *sys.argv[1:]])
     return 0
+
+
+async def _run(settings: Settings, db: Database) -> Daemon:
+    daemon = Daemon(settings, db)
+    await daemon.run()
+    return daemon
 
 
 if __name__ == "__main__":

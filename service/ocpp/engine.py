@@ -142,7 +142,35 @@ class Outcome:
         return self.payload is not None
 
 
-Handler = Callable[[Call], JsonDict]
+class Deferred:
+    """Returned by a handler that answers later (e.g. a D-Bus client answers DataTransfer).
+
+    `resolve(payload)` or `reject(code, description)` sends the answer, if the connection the
+    request came on is still open; later calls are ignored.
+    """
+
+    def __init__(self) -> None:
+        self._sink: Callable[[JsonDict | None, ErrorCode | None, str], None] | None = None
+        self.done = False
+
+    def _bind(self, sink: Callable[[JsonDict | None, ErrorCode | None, str], None]) -> None:
+        self._sink = sink
+
+    def resolve(self, payload: JsonDict) -> None:
+        self._finish(payload, None, "")
+
+    def reject(self, code: ErrorCode, description: str) -> None:
+        self._finish(None, code, description)
+
+    def _finish(self, payload: JsonDict | None, code: ErrorCode | None, text: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self._sink is not None:
+            self._sink(payload, code, text)
+
+
+Handler = Callable[[Call], "JsonDict | Deferred"]
 Done = Callable[[Outcome], None]
 
 
@@ -206,6 +234,9 @@ class Engine:
         self._listeners: list[Callable[[str, Mapping[str, Any]], None]] = []
         self._dispatching = False
         self._last_version: OcppVersion | None = None
+        self._generation = 0  # counts connections; answers for a closed one are dropped
+        #: Called when frames were produced outside receive()/tick() (deferred answers).
+        self.wakeup: Callable[[], None] | None = None
         # Identifies this process run; time markers from another run cannot be resolved.
         self.boot_id = new_id()
 
@@ -230,6 +261,7 @@ class Engine:
         return self.version is not None
 
     def connection_opened(self, version: OcppVersion) -> None:
+        self._generation += 1
         self.version = version
         self._last_version = version
         now = self._clock.monotonic()
@@ -342,7 +374,8 @@ class Engine:
                 reply = self._dispatch(version, frame)
             finally:
                 self._dispatching = False
-            self._frames.append(reply)
+            if reply is not None:
+                self._frames.append(reply)
         else:
             try:
                 self._on_response(version, frame)
@@ -353,7 +386,7 @@ class Engine:
                 self._retry_head_later()
         self._pump()
 
-    def _dispatch(self, version: OcppVersion, call: Call) -> str:
+    def _dispatch(self, version: OcppVersion, call: Call) -> str | None:
         fields = log_fields(action=call.action, message_id=call.unique_id, direction="in")
         handler = self._handlers[version].get(call.action)
         try:
@@ -368,6 +401,9 @@ class Engine:
                 )
             schemas(version).validate(call.action, call.payload, response=False)
             payload = handler(call)
+            if isinstance(payload, Deferred):
+                payload._bind(self._deferred_sink(version, call))
+                return None
             if self.options.validate_outbound:
                 schemas(version).validate(call.action, payload, response=True)
         except RpcError as exc:
@@ -431,6 +467,44 @@ class Engine:
                 self._clock.monotonic() + self._settings.transaction_message_retry_interval
             )
 
+    def _deferred_sink(
+        self, version: OcppVersion, call: Call
+    ) -> Callable[[JsonDict | None, ErrorCode | None, str], None]:
+        generation = self._generation
+
+        def sink(payload: JsonDict | None, code: ErrorCode | None, text: str) -> None:
+            if generation != self._generation or self.version is not version:
+                log.info(
+                    "late answer to %s %s dropped: its connection is gone",
+                    call.action,
+                    call.unique_id,
+                )
+                return
+            frame: str
+            if payload is not None:
+                try:
+                    schemas(version).validate(call.action, payload, response=True)
+                    frame = encode_result(call.unique_id, payload)
+                except RpcError as exc:
+                    log.error("deferred answer to %s is invalid: %s", call.action, exc.description)
+                    frame = encode_error(
+                        call.unique_id,
+                        ErrorCode.INTERNAL_ERROR,
+                        "internal error while handling the request",
+                        version,
+                    )
+            else:
+                assert code is not None
+                frame = encode_error(call.unique_id, code, text, version)
+            self._frames.append(frame)
+            self._wake()
+
+        return sink
+
+    def _wake(self) -> None:
+        if self.wakeup is not None:
+            self.wakeup()
+
     # ---------------------------------------------------------------- outcomes
     def _succeeded(self, item: _Outgoing, payload: JsonDict) -> None:
         if item.source == "boot":
@@ -443,6 +517,13 @@ class Engine:
             if item.action == "StartTransaction" and "transactionId" in payload:
                 csms_id = payload["transactionId"]
             self._queue.complete(item.seq, tx_ref=item.tx_ref, csms_transaction_id=csms_id)
+            self._emit(
+                "queued-result",
+                action=item.action,
+                tx_ref=item.tx_ref,
+                payload=payload,
+                request=item.payload,
+            )
         self._finish(item, Outcome(item.action, payload=payload))
 
     def _failed(self, item: _Outgoing, outcome: Outcome) -> None:
@@ -580,7 +661,10 @@ class Engine:
         item.deadline = now + self.options.call_timeout_s
         self._inflight = item
         self._last_call_sent = now
+        if _has_marker(item.payload) and item.seq is None:
+            item.payload = self._resolve_times(item.payload) or item.payload
         self._frames.append(encode_call(item.unique_id, item.action, item.payload))
+        self._wake()
         log.debug(
             "sent %s",
             item.action,

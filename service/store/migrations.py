@@ -50,8 +50,38 @@ CREATE TABLE kv (
 );
 """
 
+# Version 2: charging sessions and authorization.
+# - auth_cache: idTagInfo of tokens the CSMS answered (OCPP 1.6 Authorization Cache); expiry is
+#   wall-clock unix seconds or NULL.
+# - sessions: one row per open session (authorized and/or transaction running), so that a power
+#   cut can be answered after the restart (StopTransaction reason PowerLoss with the last meter
+#   reading seen). Deleted when the session ends; `data` holds JSON details.
+_V2 = """
+CREATE TABLE auth_cache (
+    id_tag         TEXT PRIMARY KEY,
+    status         TEXT NOT NULL,
+    expiry         REAL NULL,
+    parent_id_tag  TEXT NULL,
+    updated_at     REAL NOT NULL
+);
+CREATE INDEX auth_cache_updated ON auth_cache (updated_at);
+
+CREATE TABLE sessions (
+    session_id     TEXT PRIMARY KEY,
+    evse_id        INTEGER NOT NULL,
+    id_tag         TEXT NULL,
+    started        INTEGER NOT NULL DEFAULT 0,
+    meter_start_wh REAL NULL,
+    start_time     TEXT NULL,
+    last_meter_wh  REAL NULL,
+    last_time      TEXT NULL,
+    data           TEXT NOT NULL DEFAULT '{}'
+);
+"""
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, _V1),
+    (2, _V2),
 ]
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

@@ -7,9 +7,10 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 def write_config(directory: Path, url: str, *, charge_point_id: str = "CP-IT-1",
                  csms_extra: str = "", ocpp_extra: str = "", top: str = "",
-                 versions: str = '["ocpp1.6"]', security_profile: int = 0) -> Path:
+                 versions: str = '["ocpp1.6"]', security_profile: int = 0,
+                 dbus_address: str | None = None, evses: int = 1) -> Path:
+    evse_tables = "".join(f"[[evse]]\nid = {i}\n" for i in range(1, evses + 1))
     state = directory / "state"
     logs = directory / "msglog"
     path = directory / "evsed.toml"
@@ -52,13 +55,16 @@ message_log_directory = "{logs}"
 [logging]
 level = "debug"
 
+[dbus]
+enabled = {"true" if dbus_address else "false"}
+bus = "{dbus_address or "system"}"
+meter_poll_interval_s = 0.2
+
 [ocpp]
 TransactionMessageRetryInterval = 1
 {ocpp_extra}
 
-[[evse]]
-id = 1
-""",
+{evse_tables}""",
         encoding="utf-8",
     )
     return path
@@ -154,3 +160,57 @@ async def daemons() -> AsyncIterator[list[DaemonProcess]]:
             daemon.process.kill()
             await daemon.process.wait()
         daemon.notify.close()
+
+
+BUS_CONF = REPO / "tests" / "service" / "dbus" / "bus.conf"
+
+
+@pytest.fixture
+def dbus_address() -> Iterator[str]:
+    """A private dbus-daemon, a direct child of the test process."""
+    process = subprocess.Popen(
+        ["dbus-daemon", f"--config-file={BUS_CONF}", "--nofork", "--print-address=1"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        address = process.stdout.readline().strip()
+        assert address, "dbus-daemon printed no address"
+        yield address
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+async def busctl(address: str, *args: str) -> str:
+    """Call busctl against the private bus; raise with its stderr when it fails."""
+    process = await asyncio.create_subprocess_exec(
+        "busctl", f"--address={address}", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await process.communicate()
+    if process.returncode != 0:
+        raise BusctlError(err.decode().strip())
+    return out.decode().strip()
+
+
+class BusctlError(Exception):
+    pass
+
+
+async def sim(address: str, method: str, signature: str = "", *args: str) -> str:
+    call = ["call", "org.evsed", "/org/evsed/Simulator", "org.evsed.Simulator1", method]
+    if signature:
+        call += [signature, *args]
+    return await busctl(address, *call)
+
+
+async def evse_call(address: str, evse_id: int, method: str, signature: str = "",
+                    *args: str) -> str:
+    call = ["call", "org.evsed", f"/org/evsed/Evse/{evse_id}", "org.evsed.Evse1", method]
+    if signature:
+        call += [signature, *args]
+    return await busctl(address, *call)
+
+
+async def evse_property(address: str, evse_id: int, name: str) -> str:
+    return await busctl(address, "get-property", "org.evsed", f"/org/evsed/Evse/{evse_id}",
+                        "org.evsed.Evse1", name)

@@ -48,10 +48,11 @@ def calls(csms: TestCsms) -> list[Received]:
             and r.action in ("StartTransaction", "MeterValues", "StopTransaction")]
 
 
-def queued_count(state: Path) -> int:
+def queued_count(state: Path, kind: str | None = None) -> int:
     db = Database.open(state / "evsed.db")
     try:
-        return len(DurableQueue(db, max_other=1000))
+        queue = DurableQueue(db, max_other=1000)
+        return len(queue) if kind is None else queue.count("transaction")
     finally:
         db.close()
 
@@ -159,4 +160,4 @@ async def test_queue_survives_restart_while_offline(daemons: list[DaemonProcess]
     await asyncio.sleep(1.0)
     assert "refused" in daemon.stderr().lower() or "connect" in daemon.stderr().lower()
     assert await daemon.stop() == 0
-    assert queued_count(tmp_path / "state") == len(ids)
+    assert queued_count(tmp_path / "state", "transaction") == len(ids)

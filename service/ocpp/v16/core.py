@@ -1,21 +1,23 @@
-"""OCPP 1.6 Core profile pieces the runtime needs: BootNotification content, TriggerMessage.
+"""OCPP 1.6 Core/Remote Trigger pieces: BootNotification content and TriggerMessage.
 
-TriggerMessage answers NotImplemented (the status the spec defines for that) for messages the
-charger cannot produce yet, rather than accepting and doing nothing.
+TriggerMessage answers first and then sends the requested message through the engine's
+trigger lane, which is allowed even while the boot is Pending. Diagnostics and firmware status
+are Idle: nothing of the kind is in progress (those profiles are not implemented yet, and a
+trigger must report the true state). A connector that does not exist is Rejected.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from service.ocpp.rpc import Call, JsonDict, OcppVersion
+from service.station import metering
+from service.station.model import Availability
 
 if TYPE_CHECKING:
     from service.config import Identity
     from service.ocpp.engine import Engine
-
-# TriggerMessage targets this module can honour; the station adds the others it supports.
-_SELF_TRIGGERED = {"BootNotification", "Heartbeat"}
+    from service.station.station import Station
 
 
 def boot_payload(identity: Identity) -> JsonDict:
@@ -36,13 +38,81 @@ def boot_payload(identity: Identity) -> JsonDict:
     return payload
 
 
-def install(engine: Engine) -> None:
+def status_payload(station: Station, connector_id: int, timestamp: str) -> JsonDict:
+    if connector_id == 0:
+        status = (
+            "Available" if station.station_availability is Availability.OPERATIVE else "Unavailable"
+        )
+        return {"connectorId": 0, "errorCode": "NoError", "status": status, "timestamp": timestamp}
+    state, error = station.status_of(connector_id)
+    return {
+        "connectorId": connector_id,
+        "errorCode": error,
+        "status": state.value,
+        "timestamp": timestamp,
+    }
+
+
+def meter_payload(station: Station, connector_id: int, timestamp: str) -> JsonDict | None:
+    evse = station.evses[connector_id]
+    if evse.reading is None:
+        return None
+    measurands = [m for m in str(station.cfg.get("MeterValuesSampledData")).split(",") if m]
+    values = metering.sampled_values(
+        evse.reading,
+        measurands or ["Energy.Active.Import.Register"],
+        context="Trigger",
+        offered_current_a=evse.offered_a,
+        phases=evse.phases,
+    )
+    if not values:
+        return None
+    payload: dict[str, Any] = {
+        "connectorId": connector_id,
+        "meterValue": [metering.meter_value(timestamp, values)],
+    }
+    session = evse.session
+    if session is not None and session.started and isinstance(session.transaction_id, int):
+        payload["transactionId"] = session.transaction_id
+    return payload
+
+
+def install(engine: Engine, station: Station | None = None) -> None:
     def trigger_message(call: Call) -> JsonDict:
         requested = call.payload["requestedMessage"]
-        if requested not in _SELF_TRIGGERED:
+        connector = call.payload.get("connectorId")
+        if (
+            station is not None
+            and connector is not None
+            and connector != 0
+            and (connector not in station.evses)
+        ):
+            return {"status": "Rejected"}
+        if requested in ("BootNotification", "Heartbeat"):
+            engine.trigger(requested, {})
+        elif (
+            requested == "DiagnosticsStatusNotification"
+            or requested == "FirmwareStatusNotification"
+        ):
+            engine.trigger(requested, {"status": "Idle"})
+        elif station is None:
             return {"status": "NotImplemented"}
-        # Answer first, then send: the engine queues the triggered CALL behind this CALLRESULT.
-        engine.trigger(requested, {})
+        elif requested == "StatusNotification":
+            ids = [connector] if connector is not None else [0, *station.evses]
+            for cid in ids:
+                engine.trigger(requested, status_payload(station, cid, engine.timestamp()))
+        elif requested == "MeterValues":
+            ids = [connector] if connector else list(station.evses)
+            sent = False
+            for cid in ids:
+                payload = meter_payload(station, cid, engine.timestamp())
+                if payload is not None:
+                    engine.trigger(requested, payload)
+                    sent = True
+            if not sent:
+                return {"status": "Rejected"}
+        else:
+            return {"status": "NotImplemented"}
         return {"status": "Accepted"}
 
     engine.register(OcppVersion.V16, "TriggerMessage", trigger_message)

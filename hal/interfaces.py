@@ -1,0 +1,101 @@
+"""The hardware each EVSE is built from, as typing.Protocols the station drives.
+
+Backends (hal/sim today, real drivers with issue 4) implement these; the daemon picks one per
+device kind and EVSE from the configuration ([evse.meter] backend = "sim" ...). Callbacks run
+on the asyncio loop; a blocking driver does its I/O in a thread or on an fd reader and hops
+back with loop.call_soon_threadsafe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+
+class PilotState(StrEnum):
+    """IEC 61851-1 control pilot states as the EVSE sees them."""
+
+    A = "A"  # no EV connected
+    B = "B"  # EV connected, not ready to charge
+    C = "C"  # EV connected, ready, charging allowed (ventilation not required)
+    D = "D"  # EV connected, ready, ventilation required
+    E = "E"  # short circuit / pilot error (no power)
+    F = "F"  # EVSE not available (fault)
+
+    @property
+    def plugged(self) -> bool:
+        return self in (PilotState.B, PilotState.C, PilotState.D)
+
+    @property
+    def wants_energy(self) -> bool:
+        return self in (PilotState.C, PilotState.D)
+
+
+@dataclass(frozen=True, slots=True)
+class MeterReading:
+    """One snapshot of an energy meter. Per-phase tuples hold L1, L2, L3 (as many as wired)."""
+
+    energy_import_wh: float
+    voltage_v: tuple[float, ...]
+    current_a: tuple[float, ...]
+    power_w: tuple[float, ...]
+    energy_export_wh: float | None = None
+    frequency_hz: float | None = None
+
+    @property
+    def power_total_w(self) -> float:
+        return sum(self.power_w)
+
+
+class MeterError(Exception):
+    """The meter did not answer, answered garbage, or its register ran backwards."""
+
+
+class Meter(Protocol):
+    async def read(self) -> MeterReading:
+        """The current reading; raises MeterError when the meter cannot be read."""
+        ...
+
+
+class Pilot(Protocol):
+    """Control pilot + proximity + connector lock, as one device (the charge controller)."""
+
+    @property
+    def state(self) -> PilotState: ...
+
+    def on_change(self, callback: Callable[[PilotState], None]) -> None:
+        """Call `callback` on every state change (on the event loop)."""
+        ...
+
+    def set_offered_current(self, amps: float) -> None:
+        """Advertise `amps` via PWM duty cycle; 0 stops offering energy (EV goes to B)."""
+        ...
+
+    def set_locked(self, locked: bool) -> None: ...
+
+
+class Contactor(Protocol):
+    def set_closed(self, closed: bool) -> None: ...
+
+    @property
+    def closed(self) -> bool:
+        """Feedback (mirror contact) state."""
+        ...
+
+
+class TokenReader(Protocol):
+    def on_token(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(id_tag)` when a token is presented (on the event loop)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class EvseHardware:
+    """The devices of one EVSE, as the daemon assembled them from the configuration."""
+
+    meter: Meter
+    pilot: Pilot
+    contactor: Contactor
+    token_reader: TokenReader

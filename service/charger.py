@@ -1,0 +1,231 @@
+"""The charger assembled from the configuration: hardware, station model, protocol adapters,
+meter polling, the station's timers and the D-Bus API.
+
+main.Daemon owns the CSMS link and the OCPP engine; this module owns everything between the
+engine and the hardware, and the asyncio tasks that feed the station (meter polls, timers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from hal.interfaces import EvseHardware, MeterError, PilotState
+from hal.registry import build_evse_hardware
+from hal.sim.evse import FaultKind, SimulatedEvse
+from service.control import LocalControl, SimulatorControl
+from service.ocpp.engine import Engine
+from service.ocpp.v16 import configuration as v16_configuration
+from service.ocpp.v16 import core as v16_core
+from service.ocpp.v16.remote import Remote
+from service.ocpp.v16.transactions import V16StationLink
+from service.station.api import InvalidArgument, VendorHandler
+from service.station.auth import AuthorizationCache, Authorizer, AuthSettings
+from service.station.clock import Clock
+from service.station.configuration import Configuration
+from service.station.model import ERROR_CODES
+from service.station.sessions import SessionStore
+from service.station.station import Station
+from service.store.db import Database
+
+if TYPE_CHECKING:
+    from service.config import Settings
+
+log = logging.getLogger("evsed.charger")
+
+
+class Charger:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        engine: Engine,
+        cfg: Configuration,
+        clock: Clock,
+        *,
+        request_reset: Callable[[str], None],
+        link_state: Callable[[], str],
+        websocket: Callable[[bool], None],
+        wake_engine: Callable[[], None],
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self._wake_engine = wake_engine
+        self.hardware: dict[int, EvseHardware] = {}
+        self.simulators: dict[int, SimulatedEvse] = {}
+        topology: dict[int, tuple[EvseHardware, float, int]] = {}
+        for evse in settings.evses:
+            hardware, sim = build_evse_hardware(evse, clock=clock.monotonic)
+            self.hardware[evse.id] = hardware
+            if sim is not None:
+                self.simulators[evse.id] = sim
+            connector = evse.connectors[0]
+            topology[evse.id] = (hardware, connector.max_current_a, connector.phases)
+        self.authorizer = Authorizer(
+            AuthorizationCache(db), lambda: AuthSettings.from_configuration(cfg)
+        )
+        self.station = Station(
+            hardware=topology,
+            configuration=cfg,
+            authorizer=self.authorizer,
+            sessions=SessionStore(db),
+            clock=clock,
+            time=engine.time,
+            timestamp=engine.timestamp,
+        )
+        self.link = V16StationLink(engine, self.station)
+        self.station.attach(self.link)
+        self.vendors: dict[str, VendorHandler] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        v16_core.install(engine, self.station)
+        v16_configuration.install(engine, cfg, on_change=self._config_changed)
+        self.remote = Remote(engine, self.station, request_reset=request_reset, spawn=self._spawn)
+        self.remote.vendors = self.vendors
+        self.control = LocalControl(settings, self.station, engine, link_state, self.vendors)
+        self.simulator = SimulatorControl(self.simulators, websocket) if self.simulators else None
+        if self.simulator is not None:
+            self._bridge_faults(self.simulator)
+        self._station_wake = asyncio.Event()
+        self._dbus: Any = None
+        for evse_id, hardware in self.hardware.items():
+            hardware.pilot.on_change(self._pilot_callback(evse_id))
+            hardware.token_reader.on_token(self._token_callback(evse_id))
+
+    def _pilot_callback(self, evse_id: int) -> Callable[[PilotState], None]:
+        def changed(state: PilotState) -> None:
+            self._input(self.station.pilot_changed, evse_id, state)
+
+        return changed
+
+    def _token_callback(self, evse_id: int) -> Callable[[str], None]:
+        def presented(id_tag: str) -> None:
+            try:
+                self._input(self.station.token_presented, evse_id, id_tag)
+            except InvalidArgument as exc:
+                log.warning("token from the reader of EVSE %d refused: %s", evse_id, exc)
+
+        return presented
+
+    def _bridge_faults(self, simulator: SimulatorControl) -> None:
+        """Simulated faults: pilot/evse kinds act on the simulated EV; an OCPP error code is
+        a fault the hardware reports to the station (e.g. HighTemperature)."""
+        sims, station = self.simulators, self.station
+
+        def raise_fault(evse_id: int, error_code: str) -> None:
+            if error_code in {k.value for k in FaultKind}:
+                simulator._sim(evse_id).raise_fault(error_code)
+            elif error_code in ERROR_CODES and error_code != "NoError":
+                simulator._sim(evse_id)
+                self._input(station.raise_fault, evse_id, error_code, "simulated")
+            else:
+                raise InvalidArgument(
+                    f"unknown fault {error_code!r}: one of pilot, evse or an OCPP 1.6 error code"
+                )
+
+        def clear_fault(evse_id: int) -> None:
+            sims_evse = simulator._sim(evse_id)
+            sims_evse.clear_fault()
+            self._input(station.clear_fault, evse_id)
+
+        del sims
+        simulator.raise_fault = raise_fault  # type: ignore[method-assign]
+        simulator.clear_fault = clear_fault  # type: ignore[method-assign]
+
+    # ------------------------------------------------------------------ inputs
+    def _input(self, method: Callable[..., Any], *args: Any) -> Any:
+        """Feed the station, then let the engine send and the timers re-plan."""
+        try:
+            return method(*args)
+        except InvalidArgument:
+            raise
+        except Exception:
+            log.exception("station failed on %s%s", getattr(method, "__name__", method), args)
+            return None
+        finally:
+            self._station_wake.set()
+            self._wake_engine()
+
+    def _config_changed(self, key: str) -> None:
+        if key == "ClockAlignedDataInterval":
+            self.station._next_aligned = None
+        self._station_wake.set()
+
+    def _spawn(self, coroutine: Awaitable[None]) -> object:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self.station.start()
+        self._spawn(self._meter_loop())
+        self._spawn(self._station_timer())
+        if self.settings.dbus.enabled:
+            await self._export_dbus()
+        self._wake_engine()
+
+    async def _export_dbus(self) -> None:
+        from service.dbus.server import export
+
+        bus = self.settings.dbus.bus
+        address: str | None = bus
+        if bus == "system":
+            address = None  # sdbus opens the system bus (DBUS_SYSTEM_BUS_ADDRESS honoured)
+        elif bus == "session":
+            address = os.environ.get("DBUS_SESSION_BUS_ADDRESS")
+        simulator = self.simulator if self.settings.dbus.simulator else None
+        try:
+            if bus == "session" and not address:
+                raise RuntimeError("DBUS_SESSION_BUS_ADDRESS is not set")
+            self._dbus = await export(self.control, simulator, bus_address=address)
+        except Exception as exc:
+            # The charger must charge without its local API; say so loudly and go on.
+            log.error("D-Bus API not available on the %s bus: %s", bus, exc)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._dbus is not None:
+            with contextlib.suppress(Exception):
+                await self._dbus.close()
+
+    # ------------------------------------------------------------------ tasks
+    async def _meter_loop(self) -> None:
+        interval = self.settings.dbus.meter_poll_interval_s
+        failing: set[int] = set()
+        while True:
+            for evse_id, hardware in self.hardware.items():
+                try:
+                    reading = await hardware.meter.read()
+                except MeterError as exc:
+                    if evse_id not in failing:
+                        failing.add(evse_id)
+                        self._input(self.station.meter_failed, evse_id, str(exc))
+                    continue
+                failing.discard(evse_id)
+                self._input(self.station.meter_reading, evse_id, reading)
+            await asyncio.sleep(interval)
+
+    async def _station_timer(self) -> None:
+        loop = asyncio.get_running_loop()
+        clock_now = self.station.clock.monotonic
+        while True:
+            deadline = self.station.next_deadline()
+            self._station_wake.clear()
+            if deadline is None:
+                await self._station_wake.wait()
+            else:
+                delay = deadline - clock_now()
+                if delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout_at(loop.time() + delay):
+                            await self._station_wake.wait()
+            self._input(self.station.tick)

@@ -1,0 +1,373 @@
+"""The D-Bus interfaces org.evsed.Station1, org.evsed.Evse1 and org.evsed.Simulator1.
+
+Each class is both the exported object (built with the API it serves) and, through sdbus's
+`new_proxy`, a typed client for the same interface. Property getters read the API live; the
+objects compare snapshots when the API reports a change and emit PropertiesChanged (and Evse1's
+StatusChanged) for what differs. Every method runs inside `dbus_errors`, so an API error becomes
+its `org.evsed.Error.*` and nothing raised below can take the service down.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sdbus import (
+    DbusInterfaceCommonAsync,
+    DbusPropertyConstFlag,
+    DbusPropertyEmitsChangeFlag,
+    dbus_method_async,
+    dbus_property_async,
+    dbus_signal_async,
+    get_current_message,
+)
+
+from service.dbus.errors import dbus_errors
+from service.dbus.vendors import VendorBroker
+from service.station.api import (
+    EvseSnapshot,
+    InvalidState,
+    SimulatorApi,
+    StationApi,
+    StationSnapshot,
+)
+
+__all__ = [
+    "EVSE_INTERFACE",
+    "SIMULATOR_INTERFACE",
+    "STATION_INTERFACE",
+    "EvseInterface",
+    "SimulatorInterface",
+    "StationInterface",
+    "evse_values",
+    "station_values",
+]
+
+log = logging.getLogger("evsed.dbus")
+
+STATION_INTERFACE = "org.evsed.Station1"
+EVSE_INTERFACE = "org.evsed.Evse1"
+SIMULATOR_INTERFACE = "org.evsed.Simulator1"
+
+_CHANGES = DbusPropertyEmitsChangeFlag
+
+# property name -> (D-Bus signature, value), as PropertiesChanged carries them
+PropertyValues = dict[str, tuple[str, Any]]
+
+
+def station_values(snap: StationSnapshot, evse_ids: list[int]) -> PropertyValues:
+    return {
+        "ChargePointId": ("s", snap.charge_point_id),
+        "Vendor": ("s", snap.vendor),
+        "Model": ("s", snap.model),
+        "FirmwareVersion": ("s", snap.firmware_version),
+        "ConnectionState": ("s", snap.connection_state),
+        "OcppVersion": ("s", snap.ocpp_version),
+        "Registration": ("s", snap.registration),
+        "QueuedMessages": ("u", max(0, snap.queued_messages)),
+        "EvseIds": ("au", list(evse_ids)),
+    }
+
+
+def evse_values(snap: EvseSnapshot) -> PropertyValues:
+    return {
+        "Id": ("u", snap.evse_id),
+        "Status": ("s", snap.status),
+        "ErrorCode": ("s", snap.error_code),
+        "Availability": ("s", snap.availability),
+        "PilotState": ("s", snap.pilot_state),
+        "SessionId": ("s", snap.session_id),
+        "TransactionId": ("s", snap.transaction_id),
+        "IdTag": ("s", snap.id_tag),
+        "EnergyWh": ("d", float(snap.energy_wh)),
+        "SessionEnergyWh": ("d", float(snap.session_energy_wh)),
+        "PowerW": ("d", float(snap.power_w)),
+        "CurrentA": ("ad", [float(v) for v in snap.current_a]),
+        "VoltageV": ("ad", [float(v) for v in snap.voltage_v]),
+        "OfferedCurrentA": ("d", float(snap.offered_current_a)),
+    }
+
+
+def _changed(old: PropertyValues, new: PropertyValues) -> PropertyValues:
+    return {name: value for name, value in new.items() if old.get(name) != value}
+
+
+def _caller() -> str:
+    sender = get_current_message().sender
+    if not sender:
+        raise InvalidState("the call has no sender")
+    return sender
+
+
+class StationInterface(DbusInterfaceCommonAsync, interface_name=STATION_INTERFACE):
+    """/org/evsed/Station: the charge point as a whole."""
+
+    def __init__(self, api: StationApi, timeout_s: float) -> None:
+        super().__init__()
+        self._api = api
+        self._evse_ids = list(api.evse_ids())  # the EVSE objects exported; fixed for life
+        self._last_snapshot = api.station()
+        self._last = station_values(self._last_snapshot, self._evse_ids)
+        self.vendors = VendorBroker(api, self._emit_request, timeout_s)
+
+    # --- change tracking -------------------------------------------------------------------
+
+    def _snapshot(self) -> StationSnapshot:
+        try:
+            return self._api.station()
+        except Exception:
+            log.exception("reading the station snapshot failed")
+            return self._last_snapshot
+
+    def refresh(self) -> None:
+        """Compare with the last state sent and emit PropertiesChanged for what differs."""
+        snap = self._api.station()
+        new = station_values(snap, self._evse_ids)
+        changed = _changed(self._last, new)
+        self._last, self._last_snapshot = new, snap
+        if changed:
+            self.properties_changed.emit((STATION_INTERFACE, changed, []))
+
+    def _emit_request(self, request_id: str, vendor_id: str, message_id: str, data: str) -> None:
+        self.data_transfer_request.emit((request_id, vendor_id, message_id, data))
+
+    # --- properties ------------------------------------------------------------------------
+
+    @dbus_property_async("s", flags=_CHANGES)
+    def charge_point_id(self) -> str:
+        return self._snapshot().charge_point_id
+
+    @dbus_property_async("s", flags=_CHANGES)
+    def vendor(self) -> str:
+        return self._snapshot().vendor
+
+    @dbus_property_async("s", flags=_CHANGES)
+    def model(self) -> str:
+        return self._snapshot().model
+
+    @dbus_property_async("s", flags=_CHANGES)
+    def firmware_version(self) -> str:
+        return self._snapshot().firmware_version
+
+    @dbus_property_async("s", flags=_CHANGES)
+    def connection_state(self) -> str:
+        return self._snapshot().connection_state
+
+    @dbus_property_async("s", flags=_CHANGES)
+    def ocpp_version(self) -> str:
+        return self._snapshot().ocpp_version
+
+    @dbus_property_async("s", flags=_CHANGES)
+    def registration(self) -> str:
+        return self._snapshot().registration
+
+    @dbus_property_async("u", flags=_CHANGES)
+    def queued_messages(self) -> int:
+        return max(0, self._snapshot().queued_messages)
+
+    @dbus_property_async("au", flags=DbusPropertyConstFlag)
+    def evse_ids(self) -> list[int]:
+        return list(self._evse_ids)
+
+    # --- methods ---------------------------------------------------------------------------
+
+    @dbus_method_async("us", input_args_names=("evse_id", "id_tag"))
+    async def present_token(self, evse_id: int, id_tag: str) -> None:
+        with dbus_errors("PresentToken"):
+            self._api.present_token(evse_id, id_tag)
+
+    @dbus_method_async(
+        "sss",
+        "ss",
+        input_args_names=("vendor_id", "message_id", "data"),
+        result_args_names=("status", "data"),
+    )
+    async def data_transfer(self, vendor_id: str, message_id: str, data: str) -> tuple[str, str]:
+        with dbus_errors("DataTransfer"):
+            status, answer = await self._api.data_transfer(vendor_id, message_id, data)
+            return (status, answer)
+
+    @dbus_method_async("s", input_args_names=("vendor_id",))
+    async def register_vendor(self, vendor_id: str) -> None:
+        with dbus_errors("RegisterVendor"):
+            self.vendors.register(vendor_id, _caller())
+
+    @dbus_method_async("s", input_args_names=("vendor_id",))
+    async def unregister_vendor(self, vendor_id: str) -> None:
+        with dbus_errors("UnregisterVendor"):
+            self.vendors.unregister(vendor_id, _caller())
+
+    @dbus_method_async("sss", input_args_names=("request_id", "status", "data"))
+    async def answer_data_transfer(self, request_id: str, status: str, data: str) -> None:
+        with dbus_errors("AnswerDataTransfer"):
+            self.vendors.answer(request_id, status, data, _caller())
+
+    # --- signals ---------------------------------------------------------------------------
+
+    @dbus_signal_async("ssss", signal_args_names=("request_id", "vendor_id", "message_id", "data"))
+    def data_transfer_request(self) -> tuple[str, str, str, str]:
+        raise NotImplementedError
+
+
+class EvseInterface(DbusInterfaceCommonAsync, interface_name=EVSE_INTERFACE):
+    """/org/evsed/Evse/<id>: one EVSE (a charging point with its connector)."""
+
+    def __init__(self, api: StationApi, evse_id: int) -> None:
+        super().__init__()
+        self._api = api
+        self._evse_id = evse_id
+        self._last_snapshot = api.evse(evse_id)
+        self._last = evse_values(self._last_snapshot)
+
+    def _snapshot(self) -> EvseSnapshot:
+        try:
+            return self._api.evse(self._evse_id)
+        except Exception:
+            log.exception("reading the snapshot of EVSE %d failed", self._evse_id)
+            return self._last_snapshot
+
+    def refresh(self) -> None:
+        """Emit PropertiesChanged (and StatusChanged) for what differs from the last state."""
+        snap = self._api.evse(self._evse_id)
+        new = evse_values(snap)
+        changed = _changed(self._last, new)
+        self._last, self._last_snapshot = new, snap
+        if not changed:
+            return
+        self.properties_changed.emit((EVSE_INTERFACE, changed, []))
+        if "Status" in changed or "ErrorCode" in changed:
+            self.status_changed.emit((snap.status, snap.error_code))
+
+    # --- properties ------------------------------------------------------------------------
+
+    @dbus_property_async("u", flags=DbusPropertyConstFlag)
+    def id(self) -> int:
+        return self._evse_id
+
+    @dbus_property_async("s", flags=_CHANGES)
+    def status(self) -> str:
+        return self._snapshot().status
+
+    @dbus_property_async("s", flags=_CHANGES)
+    def error_code(self) -> str:
+        return self._snapshot().error_code
+
+    @dbus_property_async("s", flags=_CHANGES)
+    def availability(self) -> str:
+        return self._snapshot().availability
+
+    @dbus_property_async("s", flags=_CHANGES)
+    def pilot_state(self) -> str:
+        return self._snapshot().pilot_state
+
+    @dbus_property_async("s", flags=_CHANGES)
+    def session_id(self) -> str:
+        return self._snapshot().session_id
+
+    @dbus_property_async("s", flags=_CHANGES)
+    def transaction_id(self) -> str:
+        return self._snapshot().transaction_id
+
+    @dbus_property_async("s", flags=_CHANGES)
+    def id_tag(self) -> str:
+        return self._snapshot().id_tag
+
+    @dbus_property_async("d", flags=_CHANGES)
+    def energy_wh(self) -> float:
+        return float(self._snapshot().energy_wh)
+
+    @dbus_property_async("d", flags=_CHANGES)
+    def session_energy_wh(self) -> float:
+        return float(self._snapshot().session_energy_wh)
+
+    @dbus_property_async("d", flags=_CHANGES)
+    def power_w(self) -> float:
+        return float(self._snapshot().power_w)
+
+    @dbus_property_async("ad", flags=_CHANGES)
+    def current_a(self) -> list[float]:
+        return [float(v) for v in self._snapshot().current_a]
+
+    @dbus_property_async("ad", flags=_CHANGES)
+    def voltage_v(self) -> list[float]:
+        return [float(v) for v in self._snapshot().voltage_v]
+
+    @dbus_property_async("d", flags=_CHANGES)
+    def offered_current_a(self) -> float:
+        return float(self._snapshot().offered_current_a)
+
+    # --- methods ---------------------------------------------------------------------------
+
+    @dbus_method_async("s", "s", input_args_names=("id_tag",), result_args_names=("session_id",))
+    async def start_session(self, id_tag: str) -> str:
+        with dbus_errors("StartSession"):
+            return self._api.start_session(self._evse_id, id_tag)
+
+    @dbus_method_async()
+    async def stop_session(self) -> None:
+        with dbus_errors("StopSession"):
+            self._api.stop_session(self._evse_id)
+
+    @dbus_method_async("b", "s", input_args_names=("operative",), result_args_names=("result",))
+    async def set_availability(self, operative: bool) -> str:
+        with dbus_errors("SetAvailability"):
+            return self._api.set_availability(self._evse_id, operative)
+
+    # --- signals ---------------------------------------------------------------------------
+
+    @dbus_signal_async("ss", signal_args_names=("status", "error_code"))
+    def status_changed(self) -> tuple[str, str]:
+        raise NotImplementedError
+
+
+class SimulatorInterface(DbusInterfaceCommonAsync, interface_name=SIMULATOR_INTERFACE):
+    """/org/evsed/Simulator: drives the simulated hardware (only with simulated hardware)."""
+
+    def __init__(self, sim: SimulatorApi) -> None:
+        super().__init__()
+        self._sim = sim
+
+    @dbus_method_async("u", input_args_names=("evse_id",))
+    async def plug(self, evse_id: int) -> None:
+        with dbus_errors("Plug"):
+            self._sim.plug(evse_id)
+
+    @dbus_method_async("u", input_args_names=("evse_id",))
+    async def unplug(self, evse_id: int) -> None:
+        with dbus_errors("Unplug"):
+            self._sim.unplug(evse_id)
+
+    @dbus_method_async("ub", input_args_names=("evse_id", "ready"))
+    async def set_ev_ready(self, evse_id: int, ready: bool) -> None:
+        with dbus_errors("SetEvReady"):
+            self._sim.set_ev_ready(evse_id, ready)
+
+    @dbus_method_async("ud", input_args_names=("evse_id", "amps"))
+    async def set_ev_max_current(self, evse_id: int, amps: float) -> None:
+        with dbus_errors("SetEvMaxCurrent"):
+            self._sim.set_ev_max_current(evse_id, amps)
+
+    @dbus_method_async("us", input_args_names=("evse_id", "id_tag"))
+    async def present_rfid(self, evse_id: int, id_tag: str) -> None:
+        with dbus_errors("PresentRfid"):
+            self._sim.present_rfid(evse_id, id_tag)
+
+    @dbus_method_async("us", input_args_names=("evse_id", "error_code"))
+    async def raise_fault(self, evse_id: int, error_code: str) -> None:
+        with dbus_errors("RaiseFault"):
+            self._sim.raise_fault(evse_id, error_code)
+
+    @dbus_method_async("u", input_args_names=("evse_id",))
+    async def clear_fault(self, evse_id: int) -> None:
+        with dbus_errors("ClearFault"):
+            self._sim.clear_fault(evse_id)
+
+    @dbus_method_async()
+    async def websocket_disconnect(self) -> None:
+        with dbus_errors("WebsocketDisconnect"):
+            self._sim.websocket_disconnect()
+
+    @dbus_method_async()
+    async def websocket_connect(self) -> None:
+        with dbus_errors("WebsocketConnect"):
+            self._sim.websocket_connect()
