@@ -6,10 +6,11 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup system-deps demo test lint typecheck bench clean
 
-# Debian packages the tests use (journald for the journal test, socat for serial ptys later).
+# Debian packages the tests use: journald and busctl (systemd), dbus-daemon (dbus).
 system-deps:
-	@if ! command -v journalctl >/dev/null || [ ! -x /lib/systemd/systemd-journald ]; then \
-		apt-get update && apt-get install -y systemd; fi
+	@if ! command -v busctl >/dev/null || [ ! -x /lib/systemd/systemd-journald ] \
+		|| ! command -v dbus-daemon >/dev/null; then \
+		apt-get update && apt-get install -y systemd dbus; fi
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

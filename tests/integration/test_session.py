@@ -50,7 +50,7 @@ async def started(csms: TestCsms, daemons: list[DaemonProcess], tmp_path: Path, 
     daemon = await start_daemon(config, tmp_path)
     daemons.append(daemon)
     await daemon.wait_notification("READY=1")
-    await csms.wait_for("BootNotification")
+    await csms.wait_for("StatusNotification")  # sent only once the boot was Accepted
     await wait_status(csms, 1, "Available")
     return daemon
 
