@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 system-deps:
 	@if ! command -v busctl >/dev/null || [ ! -x /lib/systemd/systemd-journald ] \
 		|| ! command -v dbus-daemon >/dev/null; then \
-		apt-get update && apt-get install -y systemd dbus; fi
+		apt-get update && apt-get install -y systemd dbus-daemon; fi
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

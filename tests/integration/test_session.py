@@ -132,9 +132,9 @@ async def test_remote_start_stop_and_local_stop_over_dbus(
 async def test_dbus_bad_input_is_refused_with_named_errors(
         csms: TestCsms, daemons: list[DaemonProcess], tmp_path: Path, dbus_address: str) -> None:
     daemon = await started(csms, daemons, tmp_path, dbus_address)
-    with pytest.raises(BusctlError, match="Object does not exist|Unknown object|UnknownObject"):
+    with pytest.raises(BusctlError, match=r"Object does not exist|Unknown object|UnknownObject"):
         await evse_call(dbus_address, 7, "StartSession", "s", "X")
-    with pytest.raises(BusctlError, match="UnknownEvse|no simulated EVSE"):
+    with pytest.raises(BusctlError, match=r"UnknownEvse|no simulated EVSE"):
         await sim(dbus_address, "Plug", "u", "9")
     with pytest.raises(BusctlError, match="nvalid"):
         await evse_call(dbus_address, 1, "StartSession", "i", "5")
