@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) system-deps
 	$(BIN)/python -m testcsms.demo
 
 lint: $(STAMP)

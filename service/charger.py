@@ -90,6 +90,7 @@ class Charger:
         if self.simulator is not None:
             self._bridge_faults(self.simulator)
         self._station_wake = asyncio.Event()
+        self._meter_wake = asyncio.Event()
         self._dbus: Any = None
         for evse_id, hardware in self.hardware.items():
             hardware.pilot.on_change(self._pilot_callback(evse_id))
@@ -148,6 +149,8 @@ class Charger:
         finally:
             self._station_wake.set()
             self._wake_engine()
+            if method not in (self.station.meter_reading, self.station.tick):
+                self._meter_wake.set()  # power may have changed: read the meters now
 
     def _config_changed(self, key: str) -> None:
         if key == "ClockAlignedDataInterval":
@@ -212,7 +215,9 @@ class Charger:
                     continue
                 failing.discard(evse_id)
                 self._input(self.station.meter_reading, evse_id, reading)
-            await asyncio.sleep(interval)
+            self._meter_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._meter_wake.wait(), interval)
 
     async def _station_timer(self) -> None:
         loop = asyncio.get_running_loop()
