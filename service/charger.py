@@ -51,7 +51,9 @@ class Charger:
         link_state: Callable[[], str],
         websocket: Callable[[bool], None],
         wake_engine: Callable[[], None],
+        on_configuration: Callable[[str], None] | None = None,
     ) -> None:
+        self._on_configuration = on_configuration
         self.settings = settings
         self.engine = engine
         self._wake_engine = wake_engine
@@ -154,7 +156,9 @@ class Charger:
 
     def _config_changed(self, key: str) -> None:
         if key == "ClockAlignedDataInterval":
-            self.station._next_aligned = None
+            self.station._next_aligned = None  # recomputed from the new interval
+        if self._on_configuration is not None:
+            self._on_configuration(key)
         self._station_wake.set()
 
     def _spawn(self, coroutine: Awaitable[None]) -> object:

@@ -53,7 +53,10 @@ DATABASE_NAME = "evsed.db"
 log = logging.getLogger("evsed")
 
 
-def connection_profile(settings: Settings) -> ConnectionProfile:
+def connection_profile(
+    settings: Settings, ping_interval_s: float | None = None
+) -> ConnectionProfile:
+    """The CSMS link settings; `ping_interval_s` is the live WebSocketPingInterval."""
     csms = settings.csms
     return ConnectionProfile(
         url=csms.url,
@@ -64,7 +67,7 @@ def connection_profile(settings: Settings) -> ConnectionProfile:
         ca_bundle=csms.ca_bundle,
         client_certificate=csms.client_certificate,
         client_key=csms.client_key,
-        ping_interval_s=float(csms.ping_interval_s),
+        ping_interval_s=float(csms.ping_interval_s if ping_interval_s is None else ping_interval_s),
         ping_timeout_s=float(csms.ping_timeout_s),
         connect_timeout_s=float(csms.connect_timeout_s),
     )
@@ -115,7 +118,7 @@ class Daemon:
         )
         csms = settings.csms
         self.manager = ConnectionManager(
-            connection_profile(settings),
+            connection_profile(settings, self._ping_interval()),
             Backoff(csms.backoff_min_s, csms.backoff_max_s, csms.backoff_randomization),
             on_connected=self._serve,
             on_state=self._on_link_state,
@@ -124,6 +127,16 @@ class Daemon:
         self._wake = asyncio.Event()
         self._send_lock = asyncio.Lock()
         self._connection: ClientConnection | None = None
+
+    def _ping_interval(self) -> float:
+        value = self.configuration.get("WebSocketPingInterval")
+        assert isinstance(value, int)
+        return float(value)
+
+    def configuration_changed(self, key: str) -> None:
+        if key == "WebSocketPingInterval":
+            # Applies from the next connection (reported RebootRequired to the CSMS).
+            self.manager.set_profile(connection_profile(self.settings, self._ping_interval()))
 
     # ------------------------------------------------------------------ boot content
     def _boot_payload(self, version: OcppVersion) -> dict[str, object]:

@@ -74,12 +74,14 @@ def _int(
     *,
     readonly: bool = False,
     derived_from: str | None = None,
+    reboot_required: bool = False,
 ) -> KeySpec:
     return KeySpec(
         name,
         "int",
         default,
         readonly=readonly,
+        reboot_required=reboot_required,
         minimum=minimum,
         maximum=maximum,
         unit=unit,
@@ -311,8 +313,9 @@ _SPECS: tuple[KeySpec, ...] = (
         30,
         0,
         3600,
-        "seconds between websocket pings; 0 = off",
+        "seconds between websocket pings; 0 = off (applies from the next connection)",
         derived_from="csms.ping_interval_s",
+        reboot_required=True,
     ),
 )
 

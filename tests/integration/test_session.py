@@ -169,7 +169,8 @@ async def test_configuration_and_availability(csms: TestCsms, daemons: list[Daem
     assert len(everything["configurationKey"]) > 30
     cases = [("HeartbeatInterval", "17", "Accepted"), ("HeartbeatInterval", "soon", "Rejected"),
              ("NumberOfConnectors", "3", "Rejected"), ("NoSuchKey", "1", "NotSupported"),
-             ("MeterValuesSampledData", "Bogus.Measurand", "Rejected")]
+             ("MeterValuesSampledData", "Bogus.Measurand", "Rejected"),
+             ("WebSocketPingInterval", "10", "RebootRequired")]
     for key, value, expected in cases:
         answer = await csms.call(CP, "ChangeConfiguration", {"key": key, "value": value})
         assert answer == {"status": expected}, (key, value)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from service.ocpp.engine import Engine, EngineOptions, Outcome, Registration
+from service.ocpp.engine import Deferred, Engine, EngineOptions, Outcome, Registration
 from service.ocpp.rpc import OcppVersion
 from service.ocpp.v16 import core as v16_core
 from service.ocpp.v201 import provisioning as v201_provisioning
@@ -384,3 +384,29 @@ def test_store_failure_on_response_keeps_message_for_later(tmp_path: Path) -> No
     assert again[1] == frame[1]
     h.answer(again[1], {"status": "Accepted"})
     assert len(queue) == 0
+
+
+def test_deferred_answer_goes_out_later_and_not_on_a_new_connection(h: Harness) -> None:
+    pending: list[Deferred] = []
+
+    def slow(call: Any) -> Any:
+        deferred = Deferred()
+        pending.append(deferred)
+        return deferred
+
+    h.engine.register(OcppVersion.V16, "DataTransfer", slow)
+    woken: list[bool] = []
+    h.engine.wakeup = lambda: woken.append(True)
+    h.boot()
+    h.engine.receive(json.dumps([2, "dt-1", "DataTransfer", {"vendorId": "acme"}]))
+    assert h.sent() == []
+    pending[0].resolve({"status": "Accepted", "data": "x"})
+    assert h.sent() == [[3, "dt-1", {"status": "Accepted", "data": "x"}]]
+    assert woken
+    pending[0].resolve({"status": "Rejected"})  # a second answer is ignored
+    assert h.sent() == []
+    h.engine.receive(json.dumps([2, "dt-2", "DataTransfer", {"vendorId": "acme"}]))
+    h.engine.connection_closed()
+    h.engine.connection_opened(OcppVersion.V16)
+    pending[1].resolve({"status": "Accepted"})
+    assert all(frame[1] != "dt-2" for frame in h.sent())
