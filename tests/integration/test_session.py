@@ -213,3 +213,23 @@ async def test_configuration_and_availability(csms: TestCsms, daemons: list[Daem
     assert await csms.call(CP, "UnlockConnector", {"connectorId": 3}) == {
         "status": "NotSupported"}
     assert await daemon.stop() == 0
+
+
+async def test_128_evses(csms: TestCsms, daemons: list[DaemonProcess], tmp_path: Path,
+                         dbus_address: str) -> None:
+    config = write_config(tmp_path, csms.url, dbus_address=dbus_address, evses=128)
+    daemon = await start_daemon(config, tmp_path)
+    daemons.append(daemon)
+    await daemon.wait_notification("READY=1", timeout=30)
+    await csms.wait_for("StatusNotification", count=129, timeout=60)
+    assert sorted({p["connectorId"] for p in calls(csms, "StatusNotification")}) == list(
+        range(129))
+    await sim(dbus_address, "Plug", "u", "128")
+    await sim(dbus_address, "PresentRfid", "us", "128", "TAG")
+    [start] = await csms.wait_for("StartTransaction", timeout=20)
+    assert start.payload["connectorId"] == 128
+    conf = await csms.call(CP, "GetConfiguration", {"key": ["NumberOfConnectors",
+                                                            "SupportedFeatureProfiles"]})
+    assert {k["key"]: k["value"] for k in conf["configurationKey"]} == {
+        "NumberOfConnectors": "128", "SupportedFeatureProfiles": "Core,RemoteTrigger"}
+    assert await daemon.stop() == 0
