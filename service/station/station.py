@@ -85,6 +85,7 @@ class _Evse:
     fault_info: str = ""
     session: Session | None = None
     finishing: bool = False
+    ev_connected: bool = False  # last known cable state (E/F do not tell)
     offered_a: float = 0.0
     reported: tuple[ConnectorStatus, str] | None = None
     candidate: tuple[ConnectorStatus, str] | None = None
@@ -116,6 +117,7 @@ class Station:
             for evse_id, (hw, max_a, phases) in sorted(hardware.items())
         }
         self.station_availability = Availability.OPERATIVE
+        self._scheduled_station: Availability | None = None
         self.listener: StationListener | None = None
         self._station_reported: ConnectorStatus | None = None
         self._next_aligned: float | None = None  # wall clock
@@ -163,12 +165,19 @@ class Station:
             self.sessions.delete(session.session_id)
         for evse in self.evses.values():
             evse.pilot = evse.hardware.pilot.state
+            evse.ev_connected = evse.pilot.plugged
             self._apply_power(evse)
         self._report_all(force=True)
 
     # ------------------------------------------------------------------ hardware events
     def pilot_changed(self, evse_id: int, state: PilotState) -> None:
+        """The pilot changed. The change notification may be stale by the time it is handled
+        (the cable moved again meanwhile): act on the device's current state, so a contactor
+        is never closed for a state that has already passed."""
         evse = self.evse(evse_id)
+        state = evse.hardware.pilot.state
+        if state is evse.pilot:
+            return
         previous, evse.pilot = evse.pilot, state
         fields = log_fields(evse_id=evse_id)
         log.info("EVSE %d pilot %s -> %s", evse_id, previous, state, extra=fields)
@@ -185,17 +194,19 @@ class Station:
             and evse.fault_info.startswith("pilot")
         ):
             self.clear_fault(evse_id)
-        if not state.plugged:
+        if state in (PilotState.E, PilotState.F):
+            pass  # a pilot fault says nothing about the cable: keep the session as it is
+        elif not state.plugged:
             evse.finishing = False
-            if session is not None and session.started and previous.plugged:
+            if session is not None and session.started and evse.ev_connected:
                 if self._bool("UnlockConnectorOnEVSideDisconnect"):
                     evse.hardware.pilot.set_locked(False)
                 if self._bool("StopTransactionOnEVSideDisconnect"):
                     self._stop(evse, StopReason.EV_DISCONNECTED)
         elif session is not None and session.authorized and not session.started:
             self._start_transaction(evse)
-        elif session is None and not previous.plugged and state.plugged:
-            pass  # Preparing until a token arrives
+        if state not in (PilotState.E, PilotState.F):
+            evse.ev_connected = state.plugged
         self._apply_power(evse)
         self._report(evse)
 
@@ -215,6 +226,7 @@ class Station:
                         extra=log_fields(evse_id=evse_id),
                     )
                     self._apply_power(evse)
+                    self._report(evse)  # SuspendedEVSE
             now = self.clock.monotonic()
             if now - evse.last_persist >= 15:
                 evse.last_persist = now
@@ -309,6 +321,7 @@ class Station:
         evse.finishing = False
         if remote and not self._bool("AuthorizeRemoteTxRequests"):
             self._authorized(evse, session, None, unknown_offline=False)
+            self._report(evse)
             return session
         listener = self.listener
         online = listener is not None and listener.online
@@ -488,6 +501,7 @@ class Station:
             evse.availability = evse.scheduled_availability
             evse.scheduled_availability = None
         self._report(evse)
+        self._apply_station_availability()
 
     # ------------------------------------------------------------------ commands
     def remote_start(self, evse_id: int | None, id_tag: str, limit_a: float | None = None) -> bool:
@@ -544,7 +558,9 @@ class Station:
         wanted = Availability.OPERATIVE if operative else Availability.INOPERATIVE
         targets = list(self.evses.values()) if evse_id == 0 else [self.evse(evse_id)]
         if evse_id == 0:
-            self.station_availability = wanted
+            # Connector 0 follows once no transaction is left (1.6 ChangeAvailability).
+            self._scheduled_station = wanted
+            self._apply_station_availability()
         scheduled = False
         for evse in targets:
             if evse.session is not None and evse.session.started:
@@ -557,8 +573,14 @@ class Station:
                     self._cancel(evse, "EVSE made inoperative")
             self._apply_power(evse)
             self._report(evse)
-        self._report_station()
         return "Scheduled" if scheduled else "Accepted"
+
+    def _apply_station_availability(self) -> None:
+        if self._scheduled_station is None or self.has_transaction():
+            return
+        self.station_availability = self._scheduled_station
+        self._scheduled_station = None
+        self._report_station()
 
     def unlock(self, evse_id: int) -> str:
         """UnlockConnector: stop the transaction (UnlockCommand) and release the lock."""
