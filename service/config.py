@@ -235,8 +235,11 @@ def load_settings(path: Path) -> Settings:
 def _dbus(t: Table) -> Dbus:
     bus = t.string("bus", "system", min_len=1, max_len=512)
     if bus not in ("system", "session") and ":" not in bus:
-        raise t.error("bus", show(bus), '"system", "session" or a D-Bus address like '
-                      '"unix:path=/run/dbus/system_bus_socket"')
+        raise t.error(
+            "bus",
+            show(bus),
+            '"system", "session" or a D-Bus address like "unix:path=/run/dbus/system_bus_socket"',
+        )
     return Dbus(
         enabled=t.boolean("enabled", True),
         bus=bus,

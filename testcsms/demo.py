@@ -34,8 +34,11 @@ def say(text: str) -> None:
 
 
 def show(event: Event) -> None:
-    if isinstance(event, Received) and event.message_type == 3 and event.action in (
-            "StatusNotification", "MeterValues", "Heartbeat"):
+    if (
+        isinstance(event, Received)
+        and event.message_type == 3
+        and event.action in ("StatusNotification", "MeterValues", "Heartbeat")
+    ):
         return  # their answers are empty acknowledgements: keep the output readable
     print(f"    csms | {format_event(event)}", flush=True)
 
@@ -81,8 +84,12 @@ class Bus:
 
     async def run(self, *args: str) -> str:
         process = await asyncio.create_subprocess_exec(
-            "busctl", f"--address={self.address}", *args,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            "busctl",
+            f"--address={self.address}",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         out, err = await process.communicate()
         if process.returncode != 0:
             raise RuntimeError(f"busctl {' '.join(args)}: {err.decode().strip()}")
@@ -93,8 +100,9 @@ class Bus:
         await self.run(*(call + ([signature, *args] if signature else [])))
 
     async def evse(self, evse_id: int, name: str) -> str:
-        text = await self.run("get-property", "org.evsed", f"/org/evsed/Evse/{evse_id}",
-                              "org.evsed.Evse1", name)
+        text = await self.run(
+            "get-property", "org.evsed", f"/org/evsed/Evse/{evse_id}", "org.evsed.Evse1", name
+        )
         return text.split(" ", 1)[1].strip('"')
 
     async def wait_status(self, evse_id: int, status: str, timeout: float = 20) -> None:
@@ -108,14 +116,20 @@ class Bus:
         power = float(await self.evse(evse_id, "PowerW"))
         energy = float(await self.evse(evse_id, "SessionEnergyWh"))
         offered = float(await self.evse(evse_id, "OfferedCurrentA"))
-        print(f"  evse {evse_id} | {status:<13} offered {offered:4.1f} A   "
-              f"power {power / 1000:5.2f} kW   session energy {energy:6.1f} Wh", flush=True)
+        print(
+            f"  evse {evse_id} | {status:<13} offered {offered:4.1f} A   "
+            f"power {power / 1000:5.2f} kW   session energy {energy:6.1f} Wh",
+            flush=True,
+        )
 
 
 def start_bus() -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
         ["dbus-daemon", f"--config-file={BUS_CONF}", "--nofork", "--print-address=1"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     assert process.stdout is not None
     address = process.stdout.readline().strip()
     if not address:
@@ -135,8 +149,8 @@ async def run(state: Path, version: str) -> int:
             say(f"starting evsed --config {config}")
             env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
             daemon = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "service.main", "--config", str(config), cwd=REPO,
-                env=env)
+                sys.executable, "-m", "service.main", "--config", str(config), cwd=REPO, env=env
+            )
             await csms.wait_for("StatusNotification", timeout=20)
             await bus.wait_status(1, "Available")
             await bus.report(1)
@@ -169,17 +183,25 @@ async def run(state: Path, version: str) -> int:
             say("the CSMS starts a session on EVSE 2 (RemoteStartTransaction) and stops it")
             await bus.sim("Plug", "u", "2")
             await bus.sim("SetEvReady", "ub", "2", "true")
-            await csms.call(CP, "RemoteStartTransaction", {"idTag": "APP-USER-7",
-                                                           "connectorId": 2})
+            await csms.call(CP, "RemoteStartTransaction", {"idTag": "APP-USER-7", "connectorId": 2})
             [start] = await csms.wait_for(
-                lambda r: r.direction == "in" and r.action == "StartTransaction"
-                and r.message_type == 2 and r.payload["connectorId"] == 2, timeout=20)
+                lambda r: (
+                    r.direction == "in"
+                    and r.action == "StartTransaction"
+                    and r.message_type == 2
+                    and r.payload["connectorId"] == 2
+                ),
+                timeout=20,
+            )
             await bus.wait_status(2, "Charging")
             for _ in range(3):
                 await asyncio.sleep(1)
                 await bus.report(2)
-            result = [r for r in csms.received if r.direction == "out" and r.message_type == 3
-                      and r.unique_id == start.unique_id]
+            result = [
+                r
+                for r in csms.received
+                if r.direction == "out" and r.message_type == 3 and r.unique_id == start.unique_id
+            ]
             transaction_id = result[0].payload["transactionId"]
             await csms.call(CP, "RemoteStopTransaction", {"transactionId": transaction_id})
             await bus.wait_status(2, "Finishing")
