@@ -12,6 +12,7 @@ import pytest
 from testcsms.server import Received, TestCsms
 from tests.integration.conftest import (
     BusctlError,
+    busctl,
     DaemonProcess,
     evse_call,
     evse_property,
@@ -232,4 +233,22 @@ async def test_128_evses(csms: TestCsms, daemons: list[DaemonProcess], tmp_path:
                                                             "SupportedFeatureProfiles"]})
     assert {k["key"]: k["value"] for k in conf["configurationKey"]} == {
         "NumberOfConnectors": "128", "SupportedFeatureProfiles": "Core,RemoteTrigger"}
+    assert await daemon.stop() == 0
+
+
+async def test_local_token_provider_and_availability_over_dbus(
+        csms: TestCsms, daemons: list[DaemonProcess], tmp_path: Path, dbus_address: str) -> None:
+    daemon = await started(csms, daemons, tmp_path, dbus_address, evses=2)
+    station = ["call", "org.evsed", "/org/evsed/Station", "org.evsed.Station1"]
+
+    assert (await evse_call(dbus_address, 1, "SetAvailability", "b", "false")) == 's "Accepted"'
+    await wait_status(csms, 1, "Unavailable")
+    await sim(dbus_address, "Plug", "u", "2")
+    # A payment terminal presents a token for "any EVSE": the plugged, operative one gets it.
+    await busctl(dbus_address, *station, "PresentToken", "us", "0", "PAYTERM-42")
+    [start] = await csms.wait_for("StartTransaction")
+    assert start.payload == {**start.payload, "connectorId": 2, "idTag": "PAYTERM-42"}
+    assert (await evse_call(dbus_address, 2, "SetAvailability", "b", "false")) == (
+        's "Scheduled"')
+    assert '"Accepted"' in await evse_call(dbus_address, 1, "SetAvailability", "b", "true")
     assert await daemon.stop() == 0
