@@ -12,8 +12,8 @@ import pytest
 from testcsms.server import Received, TestCsms
 from tests.integration.conftest import (
     BusctlError,
-    busctl,
     DaemonProcess,
+    busctl,
     evse_call,
     evse_property,
     sim,
