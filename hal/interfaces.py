@@ -49,6 +49,12 @@ class MeterReading:
         return sum(self.power_w)
 
 
+# A device reports a fault with an OCPP 1.6 ChargePointErrorCode ("PowerSwitchFailure",
+# "ReaderFailure", "EVCommunicationError", ...) and a short readable info, and clears it with
+# None. The station turns these into connector faults.
+FaultCallback = Callable[[str | None, str], None]
+
+
 class MeterError(Exception):
     """The meter did not answer, answered garbage, or its register ran backwards."""
 
@@ -70,10 +76,25 @@ class Pilot(Protocol):
         ...
 
     def set_offered_current(self, amps: float) -> None:
-        """Advertise `amps` via PWM duty cycle; 0 stops offering energy (EV goes to B)."""
+        """Advertise `amps` via the PWM duty cycle (IEC 61851-1); 0, or anything below 6 A,
+        stops offering energy: the EV stays in its state and draws nothing."""
         ...
 
     def set_locked(self, locked: bool) -> None: ...
+
+    @property
+    def locked(self) -> bool:
+        """Lock feedback: the actuator's reported position."""
+        ...
+
+    @property
+    def cable_max_current_a(self) -> float | None:
+        """The plugged cable's rating from the proximity pilot; None when not known."""
+        ...
+
+    def on_fault(self, callback: FaultCallback) -> None:
+        """Diode-check failure, lock failure, MCU silent...: `callback(code, info)`."""
+        ...
 
 
 class Contactor(Protocol):
@@ -84,10 +105,53 @@ class Contactor(Protocol):
         """Feedback (mirror contact) state."""
         ...
 
+    def on_fault(self, callback: FaultCallback) -> None:
+        """A welded or stuck contactor: `callback("PowerSwitchFailure", info)`."""
+        ...
+
 
 class TokenReader(Protocol):
     def on_token(self, callback: Callable[[str], None]) -> None:
         """Call `callback(id_tag)` when a token is presented (on the event loop)."""
+        ...
+
+    def on_fault(self, callback: FaultCallback) -> None:
+        """The reader stopped answering: `callback("ReaderFailure", info)`."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PowerReading:
+    """What a DC power module (or a group of them) reports."""
+
+    voltage_v: float
+    current_a: float
+    faults: tuple[str, ...] = ()  # readable fault bits, empty when healthy
+
+
+class PowerModule(Protocol):
+    """A DC power stage (one module or a group driven as one output)."""
+
+    def set_output(self, voltage_v: float, current_a: float) -> None: ...
+
+    def set_enabled(self, enabled: bool) -> None: ...
+
+    async def read(self) -> PowerReading: ...
+
+    def on_fault(self, callback: FaultCallback) -> None: ...
+
+
+class SafetyInputs(Protocol):
+    """Emergency stop and residual-current device inputs (GPIO)."""
+
+    @property
+    def emergency_stop(self) -> bool: ...
+
+    @property
+    def rcd_tripped(self) -> bool: ...
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Called after either input changed; read the properties for the new values."""
         ...
 
 
@@ -99,3 +163,5 @@ class EvseHardware:
     pilot: Pilot
     contactor: Contactor
     token_reader: TokenReader
+    power_module: PowerModule | None = None  # DC chargers
+    safety: SafetyInputs | None = None

@@ -97,12 +97,24 @@ class Charger:
         for evse_id, hardware in self.hardware.items():
             hardware.pilot.on_change(self._pilot_callback(evse_id))
             hardware.token_reader.on_token(self._token_callback(evse_id))
+            for source, device in (
+                ("pilot", hardware.pilot),
+                ("contactor", hardware.contactor),
+                ("reader", hardware.token_reader),
+            ):
+                device.on_fault(self._fault_callback(evse_id, source))
 
     def _pilot_callback(self, evse_id: int) -> Callable[[PilotState], None]:
         def changed(state: PilotState) -> None:
             self._input(self.station.pilot_changed, evse_id, state)
 
         return changed
+
+    def _fault_callback(self, evse_id: int, source: str) -> Callable[[str | None, str], None]:
+        def fault(code: str | None, info: str) -> None:
+            self._input(self.station.device_fault, evse_id, source, code, info)
+
+        return fault
 
     def _token_callback(self, evse_id: int) -> Callable[[str], None]:
         def presented(id_tag: str) -> None:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
-from hal.interfaces import EvseHardware, MeterError, MeterReading, PilotState
+from hal.interfaces import EvseHardware, FaultCallback, MeterError, MeterReading, PilotState
 from service.config import Connector
 
 __all__ = [
@@ -132,6 +132,16 @@ class SimPilot:
     def set_locked(self, locked: bool) -> None:
         self._sim._locked = bool(locked)
 
+    @property
+    def cable_max_current_a(self) -> float | None:
+        """The plugged connector's rating (a tethered cable), None when unplugged."""
+        plugged = self._sim._plugged_into
+        return None if plugged is None else plugged.max_current_a
+
+    def on_fault(self, callback: FaultCallback) -> None:
+        """The simulated pilot reports its faults through the pilot state (E/F) instead."""
+        self._sim._fault_callbacks.append(callback)
+
 
 class SimContactor:
     """hal.interfaces.Contactor of a SimulatedEvse; feedback follows the command at once."""
@@ -142,10 +152,16 @@ class SimContactor:
     def set_closed(self, closed: bool) -> None:
         with self._sim._changing():
             self._sim._contactor_commanded = bool(closed)
+        if not closed and self._sim._welded:
+            # The mirror contact still reads closed after an open command: welded.
+            self._sim._report_fault("PowerSwitchFailure", "contactor welded: feedback closed")
 
     @property
     def closed(self) -> bool:
         return self._sim._contacts_closed
+
+    def on_fault(self, callback: FaultCallback) -> None:
+        self._sim._fault_callbacks.append(callback)
 
 
 class SimTokenReader:
@@ -157,6 +173,9 @@ class SimTokenReader:
     def on_token(self, callback: Callable[[str], None]) -> None:
         """Call `callback(id_tag)` via loop.call_soon for every token presented."""
         self._sim._token_callbacks.append(callback)
+
+    def on_fault(self, callback: FaultCallback) -> None:
+        """The simulated reader never fails."""
 
 
 class SimulatedEvse:
@@ -213,6 +232,7 @@ class SimulatedEvse:
 
         self._pilot_callbacks: list[Callable[[PilotState], None]] = []
         self._token_callbacks: list[Callable[[str], None]] = []
+        self._fault_callbacks: list[FaultCallback] = []
         self.meter = SimMeter(self)
         self.pilot = SimPilot(self)
         self.contactor = SimContactor(self)
@@ -308,9 +328,12 @@ class SimulatedEvse:
 
     def weld(self, welded: bool = True) -> None:
         """Weld the contacts shut: they stay closed (feedback and current) whatever
-        set_closed says, until weld(False) repairs them."""
+        set_closed says, until weld(False) repairs them (which clears the fault)."""
+        was = self._welded
         with self._changing():
             self._welded = bool(welded)
+        if was and not welded and self._fault_callbacks:
+            self._report_fault(None, "contactor repaired")
 
     def meter_fail(self, failed: bool = True) -> None:
         """While failed, meter.read() raises MeterError; the register keeps counting."""
@@ -393,6 +416,13 @@ class SimulatedEvse:
         self._integrate()
         yield
         self._set_state(self._pilot_state())
+
+    def _report_fault(self, code: str | None, info: str) -> None:
+        if not self._fault_callbacks:
+            return
+        loop = self._running_loop()
+        for callback in tuple(self._fault_callbacks):
+            loop.call_soon(callback, code, info)
 
     def _set_state(self, state: PilotState) -> None:
         if state != self._state:

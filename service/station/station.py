@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hal.interfaces import EvseHardware, MeterReading, PilotState
@@ -81,8 +81,22 @@ class _Evse:
     reading: MeterReading | None = None
     availability: Availability = Availability.OPERATIVE
     scheduled_availability: Availability | None = None
-    fault: str = "NoError"
-    fault_info: str = ""
+    # Active faults by source ("pilot", "meter", "contactor", "reader", "safety", "station"
+    # for operator/test-raised ones): the connector is Faulted while any is active.
+    faults: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    @property
+    def fault(self) -> str:
+        for code, _info in self.faults.values():
+            return code
+        return "NoError"
+
+    @property
+    def fault_info(self) -> str:
+        for _code, info in self.faults.values():
+            return info
+        return ""
+
     session: Session | None = None
     finishing: bool = False
     ev_connected: bool = False  # last known cable state (E/F do not tell)
@@ -187,13 +201,10 @@ class Station:
                 evse_id,
                 "EVCommunicationError" if state is PilotState.E else "OtherError",
                 f"pilot state {state}",
+                source="pilot-state",
             )
-        elif (
-            previous in (PilotState.E, PilotState.F)
-            and evse.fault in ("EVCommunicationError", "OtherError")
-            and evse.fault_info.startswith("pilot")
-        ):
-            self.clear_fault(evse_id)
+        elif previous in (PilotState.E, PilotState.F):
+            self.clear_fault(evse_id, source="pilot-state")
         if state in (PilotState.E, PilotState.F):
             pass  # a pilot fault says nothing about the cable: keep the session as it is
         elif not state.plugged:
@@ -213,8 +224,8 @@ class Station:
     def meter_reading(self, evse_id: int, reading: MeterReading) -> None:
         evse = self.evse(evse_id)
         evse.reading = reading
-        if evse.fault == "PowerMeterFailure":
-            self.clear_fault(evse_id)
+        if "meter" in evse.faults:
+            self.clear_fault(evse_id, source="meter")
         session = evse.session
         if session is not None and session.started:
             if session.deauthorized and session.max_energy_wh is not None:
@@ -237,28 +248,54 @@ class Station:
 
     def meter_failed(self, evse_id: int, error: str) -> None:
         evse = self.evse(evse_id)
-        if evse.fault != "PowerMeterFailure":
-            self.raise_fault(evse_id, "PowerMeterFailure", error[:50])
+        if "meter" not in evse.faults:
+            self.raise_fault(evse_id, "PowerMeterFailure", error[:50], source="meter")
 
-    def raise_fault(self, evse_id: int, error_code: str, info: str = "") -> None:
+    def raise_fault(
+        self, evse_id: int, error_code: str, info: str = "", *, source: str = "station"
+    ) -> None:
+        """A fault from `source`; the connector is Faulted until every source cleared."""
         if error_code not in ERROR_CODES or error_code == "NoError":
             raise InvalidArgument(f"unknown error code {error_code!r}")
         evse = self.evse(evse_id)
-        evse.fault, evse.fault_info = error_code, info
+        if evse.faults.get(source) == (error_code, info):
+            return
+        evse.faults[source] = (error_code, info)
         log.warning(
-            "EVSE %d fault %s %s", evse_id, error_code, info, extra=log_fields(evse_id=evse_id)
+            "EVSE %d fault %s (%s) %s",
+            evse_id,
+            error_code,
+            source,
+            info,
+            extra=log_fields(evse_id=evse_id),
         )
         self._apply_power(evse)
         self._report(evse)
 
-    def clear_fault(self, evse_id: int) -> None:
+    def clear_fault(self, evse_id: int, *, source: str | None = None) -> None:
+        """Clear the fault of `source` (None: every fault, as an operator reset does)."""
         evse = self.evse(evse_id)
-        if evse.fault == "NoError":
+        cleared = list(evse.faults) if source is None else [source]
+        removed = [evse.faults.pop(name) for name in cleared if name in evse.faults]
+        if not removed:
             return
-        log.info("EVSE %d fault %s cleared", evse_id, evse.fault, extra=log_fields(evse_id=evse_id))
-        evse.fault, evse.fault_info = "NoError", ""
+        log.info(
+            "EVSE %d fault %s cleared",
+            evse_id,
+            ", ".join(code for code, _ in removed),
+            extra=log_fields(evse_id=evse_id),
+        )
         self._apply_power(evse)
         self._report(evse)
+
+    def device_fault(self, evse_id: int, source: str, code: str | None, info: str) -> None:
+        """A HAL device's fault callback: `code` None clears it."""
+        if code is None:
+            self.clear_fault(evse_id, source=source)
+        else:
+            self.raise_fault(
+                evse_id, code if code in ERROR_CODES else "OtherError", info[:50], source=source
+            )
 
     # ------------------------------------------------------------------ authorization
     def token_presented(self, evse_id: int, id_tag: str) -> None:
@@ -635,9 +672,9 @@ class Station:
             hw.contactor.set_closed(True)
 
     def _status(self, evse: _Evse) -> tuple[ConnectorStatus, str]:
-        if evse.fault != "NoError" and evse.fault != "PowerMeterFailure":
-            return ConnectorStatus.FAULTED, evse.fault
         error = evse.fault
+        if evse.faults and not (len(evse.faults) == 1 and "meter" in evse.faults):
+            return ConnectorStatus.FAULTED, error
         session = evse.session
         if session is not None and session.started:
             if not evse.pilot.plugged or not evse.pilot.wants_energy:

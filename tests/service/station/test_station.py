@@ -159,6 +159,9 @@ class Rig:
             self._guard_contactor(evse_id, sim)
             sim.pilot.on_change(lambda state, n=evse_id: self.station.pilot_changed(n, state))
             sim.token_reader.on_token(lambda tag, n=evse_id: self._token(n, tag))
+            sim.contactor.on_fault(
+                lambda code, info, n=evse_id: self.station.device_fault(n, "contactor", code, info)
+            )
 
     def _guard_contactor(self, evse_id: int, sim: SimulatedEvse) -> None:
         """Record every close command the safety rules forbid; the fixture asserts none."""
@@ -810,3 +813,16 @@ async def test_unlock_stops_the_transaction_and_releases_the_lock(rig: Rig) -> N
     assert not rig.sims[1].pilot.locked
     assert not rig.contactor()
     assert rig.station.unlock(9) == "NotSupported"
+
+
+async def test_welded_contactor_is_reported_and_keeps_the_evse_faulted(rig: Rig) -> None:
+    await charging(rig)
+    rig.sims[1].weld()
+    rig.station.local_stop(1)
+    await settle()
+    assert rig.listener.statuses[-1] == (1, ConnectorStatus.FAULTED, "PowerSwitchFailure")
+    with pytest.raises(InvalidState):
+        rig.station.local_start(1, TAG)
+    rig.sims[1].weld(False)  # repaired: the device clears its fault
+    await settle()
+    assert rig.listener.last(1) is not ConnectorStatus.FAULTED
