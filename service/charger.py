@@ -110,6 +110,12 @@ class Charger:
 
         return changed
 
+    def _safety_callback(self, evse_id: int) -> Callable[[], None]:
+        def changed() -> None:
+            self._input(self.station.safety_changed, evse_id)
+
+        return changed
+
     def _fault_callback(self, evse_id: int, source: str) -> Callable[[str | None, str], None]:
         def fault(code: str | None, info: str) -> None:
             self._input(self.station.device_fault, evse_id, source, code, info)

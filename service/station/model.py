@@ -64,9 +64,6 @@ ERROR_CODES = frozenset(
     }
 )
 
-# IEC 61851-1: below 6 A there is no valid PWM offer; the EV must not draw.
-MIN_OFFER_A = 6.0
-
 
 @dataclass(slots=True)
 class Session:

@@ -28,9 +28,9 @@ from service.station.api import InvalidArgument, InvalidState, UnknownEvse
 from service.station.auth import Authorizer, Decision, IdTagInfo, is_valid_id_tag
 from service.station.clock import Clock, TimeKeeper
 from service.station.configuration import Configuration
+from service.station.controller import MIN_OFFER_A, ChargingController, PowerInputs
 from service.station.model import (
     ERROR_CODES,
-    MIN_OFFER_A,
     Availability,
     ConnectorStatus,
     Session,
@@ -104,6 +104,7 @@ class _Evse:
     reported: tuple[ConnectorStatus, str] | None = None
     candidate: tuple[ConnectorStatus, str] | None = None
     candidate_since: float = 0.0
+    controller: ChargingController = field(init=False)
     last_persist: float = 0.0
 
 
@@ -130,6 +131,9 @@ class Station:
             evse_id: _Evse(evse_id, hw, max_a, phases)
             for evse_id, (hw, max_a, phases) in sorted(hardware.items())
         }
+        for evse in self.evses.values():
+            evse.controller = ChargingController(evse.hardware, clock.monotonic)
+        self._cause_time: float | None = None
         self.station_availability = Availability.OPERATIVE
         self._scheduled_station: Availability | None = None
         self.listener: StationListener | None = None
@@ -188,6 +192,7 @@ class Station:
         """The pilot changed. The change notification may be stale by the time it is handled
         (the cable moved again meanwhile): act on the device's current state, so a contactor
         is never closed for a state that has already passed."""
+        self._cause_time = self.clock.monotonic()
         evse = self.evse(evse_id)
         state = evse.hardware.pilot.state
         if state is evse.pilot:
@@ -257,6 +262,7 @@ class Station:
         """A fault from `source`; the connector is Faulted until every source cleared."""
         if error_code not in ERROR_CODES or error_code == "NoError":
             raise InvalidArgument(f"unknown error code {error_code!r}")
+        self._cause_time = self.clock.monotonic()
         evse = self.evse(evse_id)
         if evse.faults.get(source) == (error_code, info):
             return
@@ -287,6 +293,27 @@ class Station:
         )
         self._apply_power(evse)
         self._report(evse)
+
+    def safety_changed(self, evse_id: int) -> None:
+        """The EVSE's emergency-stop or RCD input changed (hal SafetyInputs)."""
+        self._cause_time = self.clock.monotonic()
+        evse = self.evse(evse_id)
+        safety = evse.hardware.safety
+        if safety is None:
+            return
+        if safety.emergency_stop:
+            self._apply_power(evse)  # open first, then tell
+            if evse.session is not None:
+                self._stop(evse, StopReason.EMERGENCY_STOP)
+            self.raise_fault(evse_id, "OtherError", "emergency stop", source="estop")
+        else:
+            self.clear_fault(evse_id, source="estop")
+        if safety.rcd_tripped:
+            self.raise_fault(
+                evse_id, "GroundFailure", "residual current device tripped", source="rcd"
+            )
+        else:
+            self.clear_fault(evse_id, source="rcd")
 
     def device_fault(self, evse_id: int, source: str, code: str | None, info: str) -> None:
         """A HAL device's fault callback: `code` None clears it."""
@@ -505,6 +532,8 @@ class Station:
         self._report(evse)
 
     def _stop(self, evse: _Evse, reason: StopReason) -> None:
+        if reason in (StopReason.LOCAL, StopReason.REMOTE, StopReason.UNLOCK_COMMAND):
+            self._cause_time = self.clock.monotonic()
         session = evse.session
         if session is None:
             return
@@ -638,19 +667,14 @@ class Station:
 
     # ------------------------------------------------------------------ power and status
     def _apply_power(self, evse: _Evse) -> None:
+        """Hand the EVSE's situation to its charging controller (the safety rules)."""
         session = evse.session
-        allowed = (
-            session is not None
-            and session.started
-            and session.authorized
-            and evse.fault == "NoError"
-            and evse.pilot.plugged
-        )
-        offer = 0.0
-        if allowed and session is not None:
-            offer = evse.max_current_a
+        started = session is not None and session.started
+        authorized = session is not None and session.authorized
+        limit = evse.max_current_a
+        if session is not None:
             if session.limit_a is not None:
-                offer = min(offer, session.limit_a)
+                limit = min(limit, session.limit_a)
             if session.deauthorized:
                 used = (
                     evse.reading.energy_import_wh - session.meter_start_wh
@@ -658,18 +682,21 @@ class Station:
                     else 0.0
                 )
                 if session.max_energy_wh is None or used >= session.max_energy_wh:
-                    offer = 0.0
-            if offer < MIN_OFFER_A:
-                offer = 0.0
-        close = offer >= MIN_OFFER_A and evse.pilot.wants_energy
-        hw = evse.hardware
-        if not close and hw.contactor.closed:
-            hw.contactor.set_closed(False)
-        if evse.offered_a != offer:
-            evse.offered_a = offer
-            hw.pilot.set_offered_current(offer)
-        if close and not hw.contactor.closed:
-            hw.contactor.set_closed(True)
+                    limit = 0.0
+        safety = evse.hardware.safety
+        decision = evse.controller.apply(
+            PowerInputs(
+                pilot=evse.pilot,
+                transaction=started,
+                authorized=authorized,
+                faulted=evse.fault != "NoError",
+                emergency_stop=safety is not None and safety.emergency_stop,
+                limit_a=limit,
+                cable_max_a=evse.hardware.pilot.cable_max_current_a,
+            ),
+            cause_time=self._cause_time,
+        )
+        evse.offered_a = decision.offer_a
 
     def _status(self, evse: _Evse) -> tuple[ConnectorStatus, str]:
         error = evse.fault
