@@ -178,6 +178,43 @@ class SimTokenReader:
         """The simulated reader never fails."""
 
 
+class SimSafety:
+    """hal.interfaces.SafetyInputs of a SimulatedEvse: an emergency-stop button and an RCD."""
+
+    def __init__(self, sim: SimulatedEvse) -> None:
+        self._sim = sim
+        self._estop = False
+        self._rcd = False
+        self._callbacks: list[Callable[[], None]] = []
+
+    @property
+    def emergency_stop(self) -> bool:
+        return self._estop
+
+    @property
+    def rcd_tripped(self) -> bool:
+        return self._rcd
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        self._callbacks.append(callback)
+
+    def press_emergency_stop(self, pressed: bool = True) -> None:
+        """Press (or release) the button; the contacts are forced open while pressed."""
+        with self._sim._changing():
+            self._estop = bool(pressed)
+        self._notify()
+
+    def trip_rcd(self, tripped: bool = True) -> None:
+        with self._sim._changing():
+            self._rcd = bool(tripped)
+        self._notify()
+
+    def _notify(self) -> None:
+        loop = self._sim._running_loop()
+        for callback in tuple(self._callbacks):
+            loop.call_soon(callback)
+
+
 class SimulatedEvse:
     """One simulated EVSE with its connectors, and the EV that may be plugged into it.
 
@@ -237,11 +274,13 @@ class SimulatedEvse:
         self.pilot = SimPilot(self)
         self.contactor = SimContactor(self)
         self.token_reader = SimTokenReader(self)
+        self.safety = SimSafety(self)
         self.hardware = EvseHardware(
             meter=self.meter,
             pilot=self.pilot,
             contactor=self.contactor,
             token_reader=self.token_reader,
+            safety=self.safety,
         )
 
     # ----------------------------------------------------------------- EV model (control)
@@ -368,7 +407,9 @@ class SimulatedEvse:
 
     @property
     def _contacts_closed(self) -> bool:
-        return self._contactor_commanded or self._welded
+        # The emergency stop and the RCD cut the contactor coil supply in hardware.
+        cut = self.safety.emergency_stop or self.safety.rcd_tripped
+        return (self._contactor_commanded and not cut) or self._welded
 
     def _pilot_state(self) -> PilotState:
         if self._fault is not None:

@@ -159,6 +159,7 @@ class Rig:
             self._guard_contactor(evse_id, sim)
             sim.pilot.on_change(lambda state, n=evse_id: self.station.pilot_changed(n, state))
             sim.token_reader.on_token(lambda tag, n=evse_id: self._token(n, tag))
+            sim.safety.on_change(lambda n=evse_id: self.station.safety_changed(n))
             sim.contactor.on_fault(
                 lambda code, info, n=evse_id: self.station.device_fault(n, "contactor", code, info)
             )
@@ -824,5 +825,25 @@ async def test_welded_contactor_is_reported_and_keeps_the_evse_faulted(rig: Rig)
     with pytest.raises(InvalidState):
         rig.station.local_start(1, TAG)
     rig.sims[1].weld(False)  # repaired: the device clears its fault
+    await settle()
+    assert rig.listener.last(1) is not ConnectorStatus.FAULTED
+
+
+async def test_emergency_stop_and_rcd(rig: Rig) -> None:
+    await charging(rig)
+    rig.sims[1].safety.press_emergency_stop()
+    await settle()
+    assert not rig.contactor()
+    assert [stop.reason for stop in rig.listener.stops] == [StopReason.EMERGENCY_STOP]
+    assert rig.listener.statuses[-1][1:] == (ConnectorStatus.FAULTED, "OtherError")
+    with pytest.raises(InvalidState):
+        rig.station.local_start(1, TAG)
+    rig.sims[1].safety.press_emergency_stop(False)
+    await settle()
+    assert rig.listener.last(1) is not ConnectorStatus.FAULTED
+    rig.sims[1].safety.trip_rcd()
+    await settle()
+    assert rig.listener.statuses[-1][1:] == (ConnectorStatus.FAULTED, "GroundFailure")
+    rig.sims[1].safety.trip_rcd(False)
     await settle()
     assert rig.listener.last(1) is not ConnectorStatus.FAULTED
