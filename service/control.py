@@ -51,6 +51,7 @@ class LocalControl:
         self._link_state = link_state
         self._vendors = vendors
         self._callbacks: list[Callable[[int], None]] = []
+        self._frame_callbacks: list[Callable[[str, str], None]] = []
         station.on_change(self._notify)
 
     def _notify(self, evse_id: int) -> None:
@@ -59,6 +60,17 @@ class LocalControl:
 
     def notify_station(self) -> None:
         self._notify(0)
+
+    def on_frame(self, callback: Callable[[str, str], None]) -> None:
+        """`callback(direction, frame)` for every OCPP frame in ("in") and out ("out")."""
+        self._frame_callbacks.append(callback)
+
+    def frame_observed(self, direction: str, frame: str) -> None:
+        for callback in self._frame_callbacks:
+            try:
+                callback(direction, frame)
+            except Exception:
+                log.exception("frame observer failed")
 
     # -------------------------------------------------------------- reading
     def station(self) -> StationSnapshot:

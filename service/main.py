@@ -268,10 +268,9 @@ class Daemon:
         try:
             await self._flush(connection)
             async for message in connection:
-                self.msglog.write(
-                    "in",
-                    message if isinstance(message, str) else message.decode("utf-8", "replace"),
-                )
+                text = message if isinstance(message, str) else message.decode("utf-8", "replace")
+                self.msglog.write("in", text)
+                self.charger.control.frame_observed("in", text)
                 try:
                     self.engine.receive(message)
                 except Exception:  # a bug must cost one frame, never the daemon
@@ -310,6 +309,7 @@ class Daemon:
         async with self._send_lock:
             for frame in self.engine.take_frames():
                 self.msglog.write("out", frame)
+                self.charger.control.frame_observed("out", frame)
                 try:
                     await connection.send(frame)
                 except ConnectionClosed:
