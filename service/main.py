@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import sys
+import urllib.parse
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -128,6 +129,12 @@ class Daemon:
         self._send_lock = asyncio.Lock()
         self._connection: ClientConnection | None = None
 
+    @property
+    def placeholder_url(self) -> bool:
+        """The shipped default points at a host under the reserved .invalid TLD."""
+        host = urllib.parse.urlsplit(self.settings.csms.url).hostname or ""
+        return host == "invalid" or host.endswith(".invalid")
+
     def _ping_interval(self) -> float:
         value = self.configuration.get("WebSocketPingInterval")
         assert isinstance(value, int)
@@ -218,12 +225,24 @@ class Daemon:
         loop.add_signal_handler(signal.SIGUSR1, self.websocket_disconnect)
         loop.add_signal_handler(signal.SIGUSR2, self.websocket_connect)
         await self.charger.start()
-        tasks = [asyncio.create_task(self.manager.run(), name="connection")]
+        tasks: list[asyncio.Task[None]] = []
+        if self.placeholder_url:
+            # A fresh install: wait for the operator instead of crash-looping or hammering a
+            # host that cannot exist. Charging offline still works.
+            log.warning("csms.url is the placeholder %s: not connecting; set the CSMS URL in "
+                        "/etc/evsed/evsed.toml and restart", self.settings.csms.url)
+            self.link_state = "unconfigured"
+        else:
+            tasks.append(asyncio.create_task(self.manager.run(), name="connection"))
         interval = self.notifier.watchdog_interval()
         if interval:
             tasks.append(asyncio.create_task(self._watchdog(interval), name="watchdog"))
         self.notifier.ready()
-        self.notifier.status(f"serving; queued {self.engine.queue_length}")
+        self.notifier.status(
+            "waiting for configuration: csms.url is the placeholder"
+            if self.placeholder_url
+            else f"serving; queued {self.engine.queue_length}"
+        )
         log.info(
             "evsed %s started as %s (%d EVSE(s), %d message(s) queued)",
             __version__,
@@ -241,7 +260,8 @@ class Daemon:
                 await self._drain(3.0)
             await self.charger.stop()
             self.manager.stop()
-            await asyncio.wait(tasks[:1], timeout=5)
+            if tasks:
+                await asyncio.wait(tasks[:1], timeout=5)
             for task in tasks:
                 task.cancel()
             for task in tasks:

@@ -196,3 +196,17 @@ async def test_watchdog_pings_at_half_the_interval(csms: TestCsms, daemons: list
     status = await daemon.wait_notification("STATUS=")
     assert "queued" in status or "serving" in status
     assert await daemon.stop() == 0
+
+
+async def test_placeholder_url_waits_for_configuration(daemons: list[DaemonProcess],
+                                                       tmp_path: Path) -> None:
+    config = write_config(tmp_path, "ws://csms.invalid:9000/ocpp")
+    daemon = await start_daemon(config, tmp_path)
+    daemons.append(daemon)
+    await daemon.wait_notification("READY=1")
+    status = await daemon.wait_notification("STATUS=waiting for configuration")
+    assert "placeholder" in status
+    await asyncio.sleep(0.5)
+    assert "csms.url is the placeholder" in daemon.stderr()
+    assert "retrying" not in daemon.stderr()
+    assert await daemon.stop() == 0

@@ -1,0 +1,1 @@
+"""evsectl: command-line client of the evsed D-Bus API."""
