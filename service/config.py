@@ -141,6 +141,9 @@ class Queue:
 @dataclass(frozen=True, slots=True)
 class Logging:
     level: LogLevel = "info"
+    # journald's native socket; "" = /run/systemd/journal/socket when JOURNAL_STREAM says stderr
+    # is the journal (the systemd case), readable stderr lines otherwise.
+    journal_socket: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +203,7 @@ _IDENTITY_KEYS = tuple(f.name for f in fields(Identity))
 _CSMS_KEYS = tuple(f.name for f in fields(Csms))
 _PATHS_KEYS = tuple(f.name for f in fields(Paths))
 _QUEUE_KEYS = tuple(f.name for f in fields(Queue))
-_LOGGING_KEYS = ("level",)
+_LOGGING_KEYS = ("level", "journal_socket")
 _DEVICE_KINDS = ("meter", "pilot", "contactor", "token_reader")
 _EVSE_KEYS = ("id", *_DEVICE_KINDS, "connectors")
 _CONNECTOR_KEYS = ("id", "type", "max_current_a", "phases")
@@ -217,19 +220,20 @@ def load_settings(path: Path) -> Settings:
         csms=_csms(root.table("csms", _CSMS_KEYS)),
         paths=_paths(root.table("paths", _PATHS_KEYS)),
         queue=_queue(root.table("queue", _QUEUE_KEYS)),
-        logging=Logging(
-            level=cast(
-                LogLevel,
-                root.table("logging", _LOGGING_KEYS).choice(
-                    "level", ("debug", "info", "warning", "error"), "info"
-                ),
-            )
-        ),
+        logging=_logging(root.table("logging", _LOGGING_KEYS)),
         dbus=_dbus(root.table("dbus", _DBUS_KEYS)),
         evses=_evses(root),
         ocpp_keys=_ocpp_keys(root),
         source_files=files,
     )
+
+
+def _logging(t: Table) -> Logging:
+    level = cast(LogLevel, t.choice("level", ("debug", "info", "warning", "error"), "info"))
+    socket_path = t.string("journal_socket", "", max_len=107)
+    if socket_path and not socket_path.startswith("/"):
+        raise t.error("journal_socket", show(socket_path), 'an absolute path or ""')
+    return Logging(level=level, journal_socket=socket_path)
 
 
 def _dbus(t: Table) -> Dbus:

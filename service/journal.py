@@ -26,6 +26,7 @@ import socket
 import sys
 import time
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import TextIO
 
 __all__ = [
@@ -54,7 +55,27 @@ STRUCTURED_FIELDS: Mapping[str, str] = {
     "evse_id": "EVSE_ID",
     "connector_id": "CONNECTOR_ID",
     "transaction_id": "TRANSACTION_ID",
+    "error_code": "ERROR_CODE",
+    "event_id": "MESSAGE_ID",
 }
+
+
+class LogEvent(StrEnum):
+    """journald MESSAGE_IDs of the events operators search for (`journalctl MESSAGE_ID=...`).
+
+    Fixed forever once released; README lists them.
+    """
+
+    STARTED = "d1e26bf36c584a8696699daabbb9a821"  # daemon started
+    CONNECTED = "ee163e6b3a664bdf9963dec7d583b185"  # websocket to the CSMS open
+    DISCONNECTED = "3d5ed35faeae47f7ae51cfe0c2804a54"  # websocket closed or lost
+    REGISTRATION = "fc9ef897694c4e63b68bef31ccc08fe2"  # BootNotification answered
+    SESSION_STARTED = "8d16902cf9474e239388dc2782b697e3"  # transaction started
+    SESSION_STOPPED = "a4f32b3374544f35815f99bd42109e46"  # transaction stopped
+    FAULT = "734e75e2599b47598bbcc6cc9920176a"  # connector fault raised
+    FAULT_CLEARED = "48347dce9cb34dd0acc1444bc30d2523"  # connector fault cleared
+    FIRMWARE = "6d4567e8be174d339cfc9d5dc33d50e0"  # firmware update step
+
 
 _LEVELS: Mapping[str, int] = {
     "DEBUG": logging.DEBUG,
@@ -76,9 +97,13 @@ def log_fields(
     transaction_id: str | None = None,
     connector_id: int | None = None,
     direction: str | None = None,
+    error_code: str | None = None,
+    event: LogEvent | None = None,
 ) -> dict[str, object]:
     """The `extra=` dict for a log call; only the fields given are present."""
     values: dict[str, object | None] = {
+        "error_code": error_code,
+        "event_id": event.value if event is not None else None,
         "ocpp_action": action,
         "ocpp_message_id": message_id,
         "ocpp_direction": direction,
@@ -161,7 +186,7 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
-        extras = _structured(record)
+        extras = [f for f in _structured(record) if f[0] != "event_id"]
         if extras:
             message += " [" + " ".join(f"{key}={value}" for key, value in extras) + "]"
         line = f"{utc_timestamp(record.created)} {record.levelname:<5} {record.name}: {message}"

@@ -32,7 +32,7 @@ from hal.registry import HardwareConfigError
 from service import __version__
 from service.charger import Charger
 from service.config import DEFAULT_CONFIG_PATH, EX_CONFIG, ConfigError, Settings, load_settings
-from service.journal import log_fields, setup_logging
+from service.journal import LogEvent, log_fields, setup_logging
 from service.msglog import MessageLog
 from service.ocpp.engine import Engine, EngineOptions
 from service.ocpp.rpc import OcppVersion
@@ -229,8 +229,11 @@ class Daemon:
         if self.placeholder_url:
             # A fresh install: wait for the operator instead of crash-looping or hammering a
             # host that cannot exist. Charging offline still works.
-            log.warning("csms.url is the placeholder %s: not connecting; set the CSMS URL in "
-                        "/etc/evsed/evsed.toml and restart", self.settings.csms.url)
+            log.warning(
+                "csms.url is the placeholder %s: not connecting; set the CSMS URL in "
+                "/etc/evsed/evsed.toml and restart",
+                self.settings.csms.url,
+            )
             self.link_state = "unconfigured"
         else:
             tasks.append(asyncio.create_task(self.manager.run(), name="connection"))
@@ -249,6 +252,7 @@ class Daemon:
             self.settings.identity.charge_point_id,
             len(self.settings.evses),
             self.engine.queue_length,
+            extra=log_fields(event=LogEvent.STARTED),
         )
         try:
             await self._stop.wait()
@@ -283,7 +287,9 @@ class Daemon:
         version = OcppVersion.from_subprotocol(subprotocol)
         self._connection = connection
         self.engine.connection_opened(version)
-        log.info("connected with OCPP %s", version.value)
+        log.info(
+            "connected with OCPP %s", version.value, extra=log_fields(event=LogEvent.CONNECTED)
+        )
         timer = asyncio.create_task(self._timer(connection), name="engine-timer")
         try:
             await self._flush(connection)
@@ -304,7 +310,11 @@ class Daemon:
                 await timer
             self._connection = None
             self.engine.connection_closed()
-            log.info("disconnected (close code %s)", connection.close_code)
+            log.info(
+                "disconnected (close code %s)",
+                connection.close_code,
+                extra=log_fields(event=LogEvent.DISCONNECTED),
+            )
 
     async def _timer(self, connection: ClientConnection) -> None:
         loop = asyncio.get_running_loop()
@@ -367,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config:
         print(f"evsed: configuration OK ({', '.join(map(str, settings.source_files))})")
         return 0
-    setup_logging(settings.logging.level)
+    setup_logging(settings.logging.level, journal_socket=settings.logging.journal_socket or None)
     state_dir = settings.paths.state_directory
     try:
         state_dir.mkdir(parents=True, exist_ok=True)

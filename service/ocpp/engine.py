@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal, Protocol
 
-from service.journal import log_fields
+from service.journal import LogEvent, log_fields
 from service.ocpp.rpc import (
     Call,
     CallError,
@@ -387,7 +387,8 @@ class Engine:
         self._pump()
 
     def _dispatch(self, version: OcppVersion, call: Call) -> str | None:
-        fields = log_fields(action=call.action, message_id=call.unique_id, direction="in")
+        fields = _fields(call.action, call.unique_id, "in", call.payload, None)
+        log.info("<- %s", call.action, extra=fields)
         handler = self._handlers[version].get(call.action)
         try:
             if handler is None:
@@ -596,7 +597,7 @@ class Engine:
             "registration %s (interval %ds)",
             status.value,
             interval,
-            extra=log_fields(action="BootNotification"),
+            extra=log_fields(action="BootNotification", event=LogEvent.REGISTRATION),
         )
         self._emit("registration", status=status.value, interval=interval)
 
@@ -665,10 +666,10 @@ class Engine:
             item.payload = self._resolve_times(item.payload) or item.payload
         self._frames.append(encode_call(item.unique_id, item.action, item.payload))
         self._wake()
-        log.debug(
-            "sent %s",
+        log.info(
+            "-> %s",
             item.action,
-            extra=log_fields(action=item.action, message_id=item.unique_id, direction="out"),
+            extra=_fields(item.action, item.unique_id, "out", item.payload, item.tx_ref),
         )
 
     def _next_outgoing(self) -> _Outgoing | None:
@@ -775,3 +776,28 @@ class Engine:
     @property
     def queue_length(self) -> int:
         return len(self._queue)
+
+
+def _fields(
+    action: str, message_id: str, direction: str, payload: JsonDict, tx_ref: str | None
+) -> dict[str, object]:
+    """Journal fields of one OCPP message: action, id, direction, and the EVSE / transaction
+    it concerns when the payload says (1.6 connectorId / transactionId, 2.0.1 evse.id /
+    transactionInfo.transactionId)."""
+    evse = payload.get("connectorId")
+    if evse is None and isinstance(payload.get("evse"), dict):
+        evse = payload["evse"].get("id")
+    if evse is None:
+        evse = payload.get("evseId")
+    transaction = payload.get("transactionId")
+    if transaction is None and isinstance(payload.get("transactionInfo"), dict):
+        transaction = payload["transactionInfo"].get("transactionId")
+    if transaction is None:
+        transaction = tx_ref
+    return log_fields(
+        action=action,
+        message_id=message_id,
+        direction=direction,
+        evse_id=evse if isinstance(evse, int) else None,
+        transaction_id=None if transaction is None else str(transaction),
+    )

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hal.interfaces import EvseHardware, MeterReading, PilotState
-from service.journal import log_fields
+from service.journal import LogEvent, log_fields
 from service.station import metering
 from service.station.api import InvalidArgument, InvalidState, UnknownEvse
 from service.station.auth import Authorizer, Decision, IdTagInfo, is_valid_id_tag
@@ -273,7 +273,7 @@ class Station:
             error_code,
             source,
             info,
-            extra=log_fields(evse_id=evse_id),
+            extra=log_fields(evse_id=evse_id, error_code=error_code, event=LogEvent.FAULT),
         )
         self._apply_power(evse)
         self._report(evse)
@@ -289,7 +289,7 @@ class Station:
             "EVSE %d fault %s cleared",
             evse_id,
             ", ".join(code for code, _ in removed),
-            extra=log_fields(evse_id=evse_id),
+            extra=log_fields(evse_id=evse_id, event=LogEvent.FAULT_CLEARED),
         )
         self._apply_power(evse)
         self._report(evse)
@@ -498,7 +498,11 @@ class Station:
             evse.evse_id,
             session.id_tag,
             session.meter_start_wh,
-            extra=log_fields(evse_id=evse.evse_id, transaction_id=session.session_id),
+            extra=log_fields(
+                evse_id=evse.evse_id,
+                transaction_id=session.session_id,
+                event=LogEvent.SESSION_STARTED,
+            ),
         )
         if self.listener is not None:
             self.listener.transaction_started(session)
@@ -556,7 +560,11 @@ class Station:
             evse.evse_id,
             reason,
             meter_stop,
-            extra=log_fields(evse_id=evse.evse_id, transaction_id=session.session_id),
+            extra=log_fields(
+                evse_id=evse.evse_id,
+                transaction_id=session.session_id,
+                event=LogEvent.SESSION_STOPPED,
+            ),
         )
         if self.listener is not None:
             self.listener.transaction_stopped(
