@@ -28,8 +28,8 @@ async def test_session_records_carry_operator_fields(
         journald: tuple[str, str]) -> None:  # noqa: F811
     name, socket_path = journald
     config = write_config(tmp_path, csms.url, dbus_address=dbus_address)
-    config.write_text(config.read_text().replace(
-        '[logging]\nlevel = "debug"', f'[logging]\nlevel = "info"\njournal_socket = "{socket_path}"'))
+    logging_table = f'[logging]\nlevel = "info"\njournal_socket = "{socket_path}"'
+    config.write_text(config.read_text().replace('[logging]\nlevel = "debug"', logging_table))
     daemon = await start_daemon(config, tmp_path)
     daemons.append(daemon)
     await csms.wait_for("StatusNotification")
