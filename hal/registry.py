@@ -1,10 +1,15 @@
 """The HAL backend registry: which driver builds each device of an EVSE, by its configured name.
 
-Each device kind has a dict of drivers, name -> factory(evse, hardware) -> device; a real driver
-is added with one line, e.g. `METER_DRIVERS["modbus"] = hal.meter.modbus.build` (and its name
-in service.config.KNOWN_BACKENDS). The backend "sim" is not in those dicts: it is one
-SimulatedEvse driving all four devices of an EVSE together, so an EVSE is either all "sim" or
-not "sim" at all.
+`DRIVERS` maps device kind -> backend name -> "module:function"; the module is imported only
+when a configuration uses it (a charger without CAN never imports python-can). A factory is
+`build(evse, hardware, shared) -> device`; `shared` is one dict per daemon in which drivers
+keep connections that several devices use (one RS-485 bus for several meters, the pilot and
+relay of one MCU). Adding a driver is one line here and its name in
+service.config.KNOWN_BACKENDS (a test keeps both in step).
+
+The backend "sim" is not in `DRIVERS`: it is one SimulatedEvse driving the four core devices
+of an EVSE together (with its simulated emergency stop / RCD), so an EVSE's core devices are
+either all "sim" or not "sim" at all. The optional kinds (power_module, safety) accept "none".
 
 The "sim" backend's options may be set in any of the EVSE's four [evse.<kind>.options] tables
 (they configure the one simulator): `voltage_v` (per phase, default 230), `initial_energy_wh`
@@ -14,12 +19,14 @@ per phase, default the connector's max_current_a). Integers are accepted for the
 
 from __future__ import annotations
 
+import importlib
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from hal.interfaces import Contactor, EvseHardware, Meter, Pilot, TokenReader
+from hal.interfaces import EvseHardware
 from hal.sim import DEFAULT_VOLTAGE_V, SimulatedEvse
 from service.config import Evse, Hardware
 from service.config_reader import Scalar, show
@@ -27,6 +34,7 @@ from service.config_reader import Scalar, show
 __all__ = [
     "CONTACTOR_DRIVERS",
     "DEVICE_KINDS",
+    "DRIVERS",
     "METER_DRIVERS",
     "PILOT_DRIVERS",
     "SIM_BACKEND",
@@ -37,18 +45,32 @@ __all__ = [
 ]
 
 SIM_BACKEND = "sim"
+NONE_BACKEND = "none"
 DEVICE_KINDS: tuple[str, ...] = ("meter", "pilot", "contactor", "token_reader")
+OPTIONAL_KINDS: tuple[str, ...] = ("power_module", "safety")
 
-MeterDriver = Callable[[Evse, Hardware], Meter]
-PilotDriver = Callable[[Evse, Hardware], Pilot]
-ContactorDriver = Callable[[Evse, Hardware], Contactor]
-TokenReaderDriver = Callable[[Evse, Hardware], TokenReader]
+DRIVERS: dict[str, dict[str, str]] = {
+    "meter": {"modbus": "hal.meter.modbus:build"},
+    "pilot": {"rapi": "hal.pilot.rapi:build_pilot"},
+    "contactor": {"rapi": "hal.pilot.rapi:build_contactor", "gpio": "hal.gpio.contactor:build"},
+    "token_reader": {"pn532": "hal.rfid.pn532:build"},
+    "power_module": {"infypower": "hal.power.infypower:build"},
+    "safety": {"gpio": "hal.gpio.safety:build"},
+}
 
-# Real drivers, by backend name. None yet (issue 4).
-METER_DRIVERS: dict[str, MeterDriver] = {}
-PILOT_DRIVERS: dict[str, PilotDriver] = {}
-CONTACTOR_DRIVERS: dict[str, ContactorDriver] = {}
-TOKEN_READER_DRIVERS: dict[str, TokenReaderDriver] = {}
+Factory = Callable[[Evse, Hardware, dict[str, object]], object]
+
+# Kept for callers/tests that register a driver object directly (name -> factory).
+METER_DRIVERS: dict[str, Factory] = {}
+PILOT_DRIVERS: dict[str, Factory] = {}
+CONTACTOR_DRIVERS: dict[str, Factory] = {}
+TOKEN_READER_DRIVERS: dict[str, Factory] = {}
+_DIRECT: dict[str, dict[str, Factory]] = {
+    "meter": METER_DRIVERS,
+    "pilot": PILOT_DRIVERS,
+    "contactor": CONTACTOR_DRIVERS,
+    "token_reader": TOKEN_READER_DRIVERS,
+}
 
 
 class HardwareConfigError(ValueError):
@@ -81,18 +103,25 @@ _SIM_OPTIONS: dict[str, _NumberOption] = {
 }
 
 
-def _drivers() -> dict[str, Mapping[str, object]]:
-    return {
-        "meter": METER_DRIVERS,
-        "pilot": PILOT_DRIVERS,
-        "contactor": CONTACTOR_DRIVERS,
-        "token_reader": TOKEN_READER_DRIVERS,
-    }
-
-
 def known_backends() -> dict[str, frozenset[str]]:
-    """Backend names per device kind, "sim" included (what service.config should accept)."""
-    return {kind: frozenset({SIM_BACKEND, *names}) for kind, names in _drivers().items()}
+    """Backend names per device kind (what service.config should accept)."""
+    names: dict[str, frozenset[str]] = {}
+    for kind in (*DEVICE_KINDS, *OPTIONAL_KINDS):
+        extra = {SIM_BACKEND} if kind in DEVICE_KINDS or kind == "safety" else set()
+        if kind in OPTIONAL_KINDS:
+            extra.add(NONE_BACKEND)
+        names[kind] = frozenset({*extra, *DRIVERS.get(kind, {}), *_DIRECT.get(kind, {})})
+    return names
+
+
+def _factory(kind: str, backend: str) -> Factory:
+    direct = _DIRECT.get(kind, {}).get(backend)
+    if direct is not None:
+        return direct
+    module_name, _, function = DRIVERS[kind][backend].partition(":")
+    module = importlib.import_module(module_name)
+    factory: Factory = getattr(module, function)
+    return factory
 
 
 def _device(evse: Evse, kind: str) -> Hardware:
@@ -102,14 +131,20 @@ def _device(evse: Evse, kind: str) -> Hardware:
 
 
 def build_evse_hardware(
-    evse: Evse, *, clock: Callable[[], float] = time.monotonic
+    evse: Evse,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    shared: dict[str, object] | None = None,
 ) -> tuple[EvseHardware, SimulatedEvse | None]:
     """The devices of `evse`, and the simulator behind them when its backends are "sim".
 
-    `clock` (monotonic seconds) is handed to the simulator. Raises HardwareConfigError.
+    `clock` (monotonic seconds) is handed to the simulator; `shared` is the daemon-wide dict
+    drivers share connections through. Raises HardwareConfigError.
     """
+    if shared is None:
+        shared = {}
     known = known_backends()
-    for kind in DEVICE_KINDS:
+    for kind in (*DEVICE_KINDS, *OPTIONAL_KINDS):
         backend = _device(evse, kind).backend
         if backend not in known[kind]:
             raise HardwareConfigError(
@@ -136,14 +171,34 @@ def build_evse_hardware(
             ev_max_current_a=options.get("ev_max_current_a"),
             clock=clock,
         )
+        if _device(evse, "safety").backend not in (SIM_BACKEND, NONE_BACKEND) or (
+            _device(evse, "power_module").backend != NONE_BACKEND
+        ):
+            raise HardwareConfigError(
+                f"EVSE {evse.id}: a simulated EVSE takes no real power_module or safety device"
+            )
         return sim.hardware, sim
-    hardware = EvseHardware(
-        meter=METER_DRIVERS[evse.meter.backend](evse, evse.meter),
-        pilot=PILOT_DRIVERS[evse.pilot.backend](evse, evse.pilot),
-        contactor=CONTACTOR_DRIVERS[evse.contactor.backend](evse, evse.contactor),
-        token_reader=TOKEN_READER_DRIVERS[evse.token_reader.backend](evse, evse.token_reader),
+    def build(kind: str) -> Any:
+        hardware = _device(evse, kind)
+        return _factory(kind, hardware.backend)(evse, hardware, shared)
+
+    optional = {
+        kind: build(kind) if _device(evse, kind).backend != NONE_BACKEND else None
+        for kind in OPTIONAL_KINDS
+    }
+    if optional["safety"] is not None and _device(evse, "safety").backend == SIM_BACKEND:
+        raise HardwareConfigError(
+            f"EVSE {evse.id}: {_key(evse, 'safety')}.backend: 'sim' needs simulated devices"
+        )
+    devices = EvseHardware(
+        meter=build("meter"),
+        pilot=build("pilot"),
+        contactor=build("contactor"),
+        token_reader=build("token_reader"),
+        power_module=optional["power_module"],
+        safety=optional["safety"],
     )
-    return hardware, None
+    return devices, None
 
 
 def _key(evse: Evse, kind: str) -> str:

@@ -60,8 +60,9 @@ class Charger:
         self.hardware: dict[int, EvseHardware] = {}
         self.simulators: dict[int, SimulatedEvse] = {}
         topology: dict[int, tuple[EvseHardware, float, int]] = {}
+        self._shared: dict[str, object] = {}
         for evse in settings.evses:
-            hardware, sim = build_evse_hardware(evse, clock=clock.monotonic)
+            hardware, sim = build_evse_hardware(evse, clock=clock.monotonic, shared=self._shared)
             self.hardware[evse.id] = hardware
             if sim is not None:
                 self.simulators[evse.id] = sim
@@ -87,7 +88,15 @@ class Charger:
         v16_configuration.install(engine, cfg, on_change=self._config_changed)
         self.remote = Remote(engine, self.station, request_reset=request_reset, spawn=self._spawn)
         self.remote.vendors = self.vendors
-        self.control = LocalControl(settings, self.station, engine, link_state, self.vendors)
+        self.control = LocalControl(
+            settings,
+            self.station,
+            engine,
+            link_state,
+            self.vendors,
+            configuration=cfg,
+            config_changed=self._config_changed,
+        )
         self.simulator = SimulatorControl(self.simulators, websocket) if self.simulators else None
         if self.simulator is not None:
             self._bridge_faults(self.simulator)
@@ -186,7 +195,34 @@ class Charger:
         return task
 
     # ------------------------------------------------------------------ lifecycle
+    def _devices(self) -> list[object]:
+        """Every distinct device object (a shared MCU connection appears once per device)."""
+        seen: dict[int, object] = {}
+        for hw in self.hardware.values():
+            for device in (
+                hw.meter,
+                hw.pilot,
+                hw.contactor,
+                hw.token_reader,
+                hw.power_module,
+                hw.safety,
+            ):
+                if device is not None:
+                    seen.setdefault(id(device), device)
+        return list(seen.values())
+
     async def start(self) -> None:
+        for device in self._devices():
+            start = getattr(device, "start", None)
+            if start is not None:
+                try:
+                    await start()
+                except Exception as exc:
+                    # A missing part is a fault on its EVSE, not a dead daemon: drivers keep
+                    # retrying and report through their fault callbacks / MeterError.
+                    log.error("hardware %s did not start: %s", type(device).__name__, exc)
+        for evse in self.settings.evses:
+            self.station.evses[evse.id].controller.dc_voltage_v = evse.dc_voltage_v
         self.station.start()
         self._spawn(self._meter_loop())
         self._spawn(self._station_timer())
@@ -221,6 +257,13 @@ class Charger:
         if self._dbus is not None:
             with contextlib.suppress(Exception):
                 await self._dbus.close()
+        for device in self._devices():
+            close = getattr(device, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    result = close()
+                    if asyncio.iscoroutine(result):
+                        await result
 
     # ------------------------------------------------------------------ tasks
     async def _meter_loop(self) -> None:

@@ -24,7 +24,14 @@ from urllib.parse import urlsplit
 
 from ocpp.v201.enums import ConnectorEnumType
 
-from service.config_reader import REQUIRED, ConfigError, Scalar, Table, read_config_tree, show
+from service.config_reader import (
+    REQUIRED,
+    ConfigError,
+    Scalar,
+    Table,
+    read_config_tree,
+    show,
+)
 from service.station.keys import OCPP_KEY_CATALOG, KeySpec, describe_key, parse_key_value
 
 __all__ = [
@@ -58,11 +65,15 @@ SqliteSynchronous = Literal["full", "normal"]
 OcppKeyValue = str | int | bool | float
 
 # Backends the HAL offers per device kind; the HAL registry grows this as drivers land.
+# Device kinds of an EVSE and the backends each accepts; hal.registry maps the names to drivers
+# (a test keeps the two in step). "none" marks an optional device as absent.
 KNOWN_BACKENDS: dict[str, frozenset[str]] = {
-    "meter": frozenset({"sim"}),
-    "pilot": frozenset({"sim"}),
-    "contactor": frozenset({"sim"}),
-    "token_reader": frozenset({"sim"}),
+    "meter": frozenset({"sim", "modbus"}),
+    "pilot": frozenset({"sim", "rapi"}),
+    "contactor": frozenset({"sim", "rapi", "gpio"}),
+    "token_reader": frozenset({"sim", "pn532"}),
+    "power_module": frozenset({"none", "infypower"}),
+    "safety": frozenset({"none", "sim", "gpio"}),
 }
 
 # OCPP 2.0.1 ConnectorEnumType, as the ocpp library carries it.
@@ -180,6 +191,9 @@ class Evse:
     contactor: Hardware = field(default_factory=Hardware)
     token_reader: Hardware = field(default_factory=Hardware)
     connectors: tuple[Connector, ...] = (Connector(),)
+    power_module: Hardware = field(default_factory=lambda: Hardware(backend="none"))
+    safety: Hardware = field(default_factory=lambda: Hardware(backend="none"))
+    dc_voltage_v: float = 0.0  # DC: the module voltage setpoint (0 for AC EVSEs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,8 +218,8 @@ _CSMS_KEYS = tuple(f.name for f in fields(Csms))
 _PATHS_KEYS = tuple(f.name for f in fields(Paths))
 _QUEUE_KEYS = tuple(f.name for f in fields(Queue))
 _LOGGING_KEYS = ("level", "journal_socket")
-_DEVICE_KINDS = ("meter", "pilot", "contactor", "token_reader")
-_EVSE_KEYS = ("id", *_DEVICE_KINDS, "connectors")
+_DEVICE_KINDS = ("meter", "pilot", "contactor", "token_reader", "power_module", "safety")
+_EVSE_KEYS = ("id", *_DEVICE_KINDS, "connectors", "dc_voltage_v")
 _CONNECTOR_KEYS = ("id", "type", "max_current_a", "phases")
 
 
@@ -387,7 +401,8 @@ def _queue(t: Table) -> Queue:
 
 def _hardware(evse: Table, kind: str) -> Hardware:
     t = evse.table(kind, ("backend", "options"))
-    backend = t.choice("backend", tuple(sorted(KNOWN_BACKENDS[kind])), "sim")
+    default = "none" if "none" in KNOWN_BACKENDS[kind] else "sim"
+    backend = t.choice("backend", tuple(sorted(KNOWN_BACKENDS[kind])), default)
     return Hardware(backend=backend, options=t.scalar_map("options"))
 
 
@@ -435,6 +450,9 @@ def _evses(root: Table) -> tuple[Evse, ...]:
                 contactor=_hardware(t, "contactor"),
                 token_reader=_hardware(t, "token_reader"),
                 connectors=_connectors(t),
+                power_module=_hardware(t, "power_module"),
+                safety=_hardware(t, "safety"),
+                dc_voltage_v=t.number("dc_voltage_v", 0.0, 0.0, 1500.0),
             )
         )
     return tuple(evses)

@@ -378,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evsed: configuration OK ({', '.join(map(str, settings.source_files))})")
         return 0
     setup_logging(settings.logging.level, journal_socket=settings.logging.journal_socket or None)
+    # pymodbus logs every unanswered request at ERROR; the meter driver reports those itself.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     state_dir = settings.paths.state_directory
     try:
         state_dir.mkdir(parents=True, exist_ok=True)

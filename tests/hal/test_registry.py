@@ -27,7 +27,7 @@ class FakeClock:
 
 # Minimal real drivers of another backend, registered the way a real driver is.
 class FixedMeter:
-    def __init__(self, evse: Evse, hardware: Hardware) -> None:
+    def __init__(self, evse: Evse, hardware: Hardware, shared: dict[str, object]) -> None:
         self.evse = evse
         self.options = hardware.options
 
@@ -36,7 +36,7 @@ class FixedMeter:
 
 
 class FixedPilot:
-    def __init__(self, evse: Evse, hardware: Hardware) -> None:
+    def __init__(self, evse: Evse, hardware: Hardware, shared: dict[str, object]) -> None:
         self.evse = evse
 
     @property
@@ -54,7 +54,7 @@ class FixedPilot:
 
 
 class FixedContactor:
-    def __init__(self, evse: Evse, hardware: Hardware) -> None:
+    def __init__(self, evse: Evse, hardware: Hardware, shared: dict[str, object]) -> None:
         self.evse = evse
 
     def set_closed(self, closed: bool) -> None:
@@ -66,7 +66,7 @@ class FixedContactor:
 
 
 class FixedTokenReader:
-    def __init__(self, evse: Evse, hardware: Hardware) -> None:
+    def __init__(self, evse: Evse, hardware: Hardware, shared: dict[str, object]) -> None:
         self.evse = evse
 
     def on_token(self, callback: Callable[[str], None]) -> None:
