@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from hal.sim.evse import SimulatedEvse
 from service.ocpp.engine import Engine, Outcome, Registration
 from service.station.api import (
+    ConfigurationEntry,
     EvseSnapshot,
+    FrameRecord,
     InvalidArgument,
     NotAvailable,
     StationSnapshot,
@@ -23,6 +27,8 @@ from service.station.api import (
     VendorHandler,
 )
 from service.station.auth import is_valid_id_tag
+from service.station.configuration import ChangeStatus, Configuration
+from service.station.keys import format_key_value
 from service.station.station import Station
 
 if TYPE_CHECKING:
@@ -32,10 +38,17 @@ log = logging.getLogger("evsed.control")
 
 DATA_TRANSFER_TIMEOUT_S = 35.0
 _VENDOR_ID_MAX = 255
+# OCPP frames kept in memory for RecentFrames (`evsectl log`); the full history is the
+# message log (service/msglog.py) and the journal.
+FRAME_HISTORY = 100
 
 
 class LocalControl:
-    """Implements service.station.api.StationApi."""
+    """Implements service.station.api.StationApi and FrameSource.
+
+    `configuration` is the daemon's live OCPP configuration; `config_changed(key)` is the hook
+    the OCPP ChangeConfiguration handler calls after an accepted change, called here too.
+    """
 
     def __init__(
         self,
@@ -44,14 +57,20 @@ class LocalControl:
         engine: Engine,
         link_state: Callable[[], str],
         vendors: dict[str, VendorHandler],
+        *,
+        configuration: Configuration,
+        config_changed: Callable[[str], None],
     ) -> None:
         self.settings = settings
         self._model = station
         self.engine = engine
         self._link_state = link_state
         self._vendors = vendors
+        self._configuration = configuration
+        self._config_changed = config_changed
         self._callbacks: list[Callable[[int], None]] = []
         self._frame_callbacks: list[Callable[[str, str], None]] = []
+        self._frames: deque[FrameRecord] = deque(maxlen=FRAME_HISTORY)
         station.on_change(self._notify)
 
     def _notify(self, evse_id: int) -> None:
@@ -66,11 +85,18 @@ class LocalControl:
         self._frame_callbacks.append(callback)
 
     def frame_observed(self, direction: str, frame: str) -> None:
+        self._frames.append(FrameRecord(time.time(), direction, frame))
         for callback in self._frame_callbacks:
             try:
                 callback(direction, frame)
             except Exception:
                 log.exception("frame observer failed")
+
+    def recent_frames(self, limit: int) -> list[FrameRecord]:
+        if limit <= 0:
+            return []
+        frames = list(self._frames)
+        return frames[-limit:]
 
     # -------------------------------------------------------------- reading
     def station(self) -> StationSnapshot:
@@ -183,6 +209,40 @@ class LocalControl:
 
     def unregister_vendor(self, vendor_id: str) -> None:
         self._vendors.pop(vendor_id, None)
+
+    # -------------------------------------------------------------- configuration
+    def get_configuration(self, keys: list[str]) -> list[ConfigurationEntry]:
+        cfg = self._configuration
+        if not keys:
+            names = [spec.name for spec, _ in cfg.items()]
+        else:
+            names = list(dict.fromkeys(keys))  # once each, in the order asked
+            unknown = [name for name in names if cfg.spec(name) is None]
+            if unknown:
+                raise InvalidArgument(
+                    f"unknown configuration key{'s' if len(unknown) > 1 else ''}: "
+                    + ", ".join(repr(name) for name in unknown)
+                )
+        entries: list[ConfigurationEntry] = []
+        for name in names:
+            spec = cfg.spec(name)
+            assert spec is not None
+            entries.append(
+                ConfigurationEntry(
+                    key=name,
+                    value=format_key_value(cfg.get(name)),
+                    readonly=spec.readonly,
+                    reboot_required=spec.reboot_required,
+                )
+            )
+        return entries
+
+    def change_configuration(self, key: str, value: str) -> str:
+        status = self._configuration.change(key, value)
+        if status in (ChangeStatus.ACCEPTED, ChangeStatus.REBOOT_REQUIRED):
+            log.info("configuration %s changed locally (%s)", key, status.value)
+            self._config_changed(key)
+        return status.value
 
     @property
     def registered(self) -> bool:

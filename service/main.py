@@ -116,6 +116,7 @@ class Daemon:
             link_state=lambda: self.link_state,
             websocket=self._websocket_control,
             wake_engine=self.kick,
+            on_configuration=self.configuration_changed,
         )
         csms = settings.csms
         self.manager = ConnectionManager(

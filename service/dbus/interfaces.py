@@ -26,7 +26,10 @@ from service.dbus.errors import dbus_errors
 from service.dbus.vendors import VendorBroker
 from service.station.api import (
     EvseSnapshot,
+    FrameSource,
+    InvalidArgument,
     InvalidState,
+    NotAvailable,
     SimulatorApi,
     StationApi,
     StationSnapshot,
@@ -66,6 +69,7 @@ def station_values(snap: StationSnapshot, evse_ids: list[int]) -> PropertyValues
         "Registration": ("s", snap.registration),
         "QueuedMessages": ("u", max(0, snap.queued_messages)),
         "EvseIds": ("au", list(evse_ids)),
+        "FirmwareStatus": ("s", snap.firmware_status),
     }
 
 
@@ -88,6 +92,11 @@ def evse_values(snap: EvseSnapshot) -> PropertyValues:
     }
 
 
+def dbus_text(text: str) -> str:
+    """`text` as a D-Bus string can carry it: no NUL (a CSMS may send anything)."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
 def _changed(old: PropertyValues, new: PropertyValues) -> PropertyValues:
     return {name: value for name, value in new.items() if old.get(name) != value}
 
@@ -102,9 +111,12 @@ def _caller() -> str:
 class StationInterface(DbusInterfaceCommonAsync, interface_name=STATION_INTERFACE):
     """/org/evsed/Station: the charge point as a whole."""
 
-    def __init__(self, api: StationApi, timeout_s: float) -> None:
+    def __init__(
+        self, api: StationApi, timeout_s: float, frames: FrameSource | None = None
+    ) -> None:
         super().__init__()
         self._api = api
+        self._frames = frames
         self._evse_ids = list(api.evse_ids())  # the EVSE objects exported; fixed for life
         self._last_snapshot = api.station()
         self._last = station_values(self._last_snapshot, self._evse_ids)
@@ -169,6 +181,10 @@ class StationInterface(DbusInterfaceCommonAsync, interface_name=STATION_INTERFAC
     def evse_ids(self) -> list[int]:
         return list(self._evse_ids)
 
+    @dbus_property_async("s", flags=_CHANGES)
+    def firmware_status(self) -> str:
+        return self._snapshot().firmware_status
+
     # --- methods ---------------------------------------------------------------------------
 
     @dbus_method_async("us", input_args_names=("evse_id", "id_tag"))
@@ -202,11 +218,44 @@ class StationInterface(DbusInterfaceCommonAsync, interface_name=STATION_INTERFAC
         with dbus_errors("AnswerDataTransfer"):
             self.vendors.answer(request_id, status, data, _caller())
 
+    @dbus_method_async(
+        "as", "a(ssbb)", input_args_names=("keys",), result_args_names=("configuration",)
+    )
+    async def get_configuration(self, keys: list[str]) -> list[tuple[str, str, bool, bool]]:
+        with dbus_errors("GetConfiguration"):
+            return [
+                (e.key, e.value, e.readonly, e.reboot_required)
+                for e in self._api.get_configuration(list(keys))
+            ]
+
+    @dbus_method_async("ss", "s", input_args_names=("key", "value"), result_args_names=("status",))
+    async def change_configuration(self, key: str, value: str) -> str:
+        with dbus_errors("ChangeConfiguration"):
+            return self._api.change_configuration(key, value)
+
+    @dbus_method_async("u", "a(dss)", input_args_names=("limit",), result_args_names=("frames",))
+    async def recent_frames(self, limit: int) -> list[tuple[float, str, str]]:
+        with dbus_errors("RecentFrames"):
+            if self._frames is None:
+                raise NotAvailable("this evsed keeps no frame history")
+            if limit > 10_000:
+                raise InvalidArgument("limit must be at most 10000")
+            return [
+                (r.time, r.direction, dbus_text(r.frame)) for r in self._frames.recent_frames(limit)
+            ]
+
     # --- signals ---------------------------------------------------------------------------
 
     @dbus_signal_async("ssss", signal_args_names=("request_id", "vendor_id", "message_id", "data"))
     def data_transfer_request(self) -> tuple[str, str, str, str]:
         raise NotImplementedError
+
+    @dbus_signal_async("ss", signal_args_names=("direction", "frame"))
+    def ocpp_frame(self) -> tuple[str, str]:
+        raise NotImplementedError
+
+    def emit_frame(self, direction: str, frame: str) -> None:
+        self.ocpp_frame.emit((direction, dbus_text(frame)))
 
 
 class EvseInterface(DbusInterfaceCommonAsync, interface_name=EVSE_INTERFACE):

@@ -18,7 +18,7 @@ from sdbus import SdBus, sd_bus_open_system
 
 from service.dbus.interfaces import EvseInterface, SimulatorInterface, StationInterface
 from service.dbus.vendors import DEFAULT_VENDOR_TIMEOUT_S
-from service.station.api import SimulatorApi, StationApi
+from service.station.api import FrameSource, SimulatorApi, StationApi
 
 if TYPE_CHECKING:
     from sdbus.dbus_proxy_async_interface_base import DbusExportHandle
@@ -106,6 +106,15 @@ class DbusService:
         except Exception:
             log.exception("emitting the change of %s failed", evse_id or "the station")
 
+    def on_frame(self, direction: str, frame: str) -> None:
+        """The `FrameSource.on_frame` callback: emit Station1.OcppFrame. Never raises."""
+        if self.closed:
+            return
+        try:
+            self.station.emit_frame(direction, frame)
+        except Exception:
+            log.exception("emitting an OcppFrame signal failed")
+
     def _on_name_owner_changed(self, message: SdBusMessage) -> None:
         try:
             name, _old, new = message.get_contents()
@@ -165,13 +174,16 @@ async def export(
     """Export `api` (and `simulator` when given) as `org.evsed` on the bus.
 
     `bus_address` None means the system bus (DBUS_SYSTEM_BUS_ADDRESS is honoured).
+    When `api` is also a `FrameSource`, every OCPP frame is emitted as Station1.OcppFrame and
+    the recent ones are served by Station1.RecentFrames.
     `vendor_timeout_s` bounds the wait for a registered client's AnswerDataTransfer.
     Raises sdbus errors when the bus cannot be reached or the name is owned by another process.
     """
     bus = open_bus(bus_address)
     service: DbusService | None = None
     try:
-        station = StationInterface(api, vendor_timeout_s)
+        frames = api if isinstance(api, FrameSource) else None
+        station = StationInterface(api, vendor_timeout_s, frames)
         evses = {evse_id: EvseInterface(api, evse_id) for evse_id in api.evse_ids()}
         sim = SimulatorInterface(simulator) if simulator is not None else None
         service = DbusService(bus, station, evses, sim)
@@ -187,6 +199,8 @@ async def export(
         bus.close()
         raise
     api.on_change(service.on_api_change)
+    if frames is not None:
+        frames.on_frame(service.on_frame)
     log.info(
         "D-Bus: %s exported (%d EVSE%s%s)",
         BUS_NAME,

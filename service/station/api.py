@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class ApiError(Exception):
@@ -50,6 +50,8 @@ class StationSnapshot:
     ocpp_version: str  # "1.6" | "2.0.1" | "" when disconnected
     registration: str  # "Unknown" | "Pending" | "Accepted" | "Rejected"
     queued_messages: int
+    # "Idle": no firmware update in progress (updates arrive with a later issue)
+    firmware_status: str = "Idle"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,25 @@ class EvseSnapshot:
     current_a: tuple[float, ...]
     voltage_v: tuple[float, ...]
     offered_current_a: float
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigurationEntry:
+    """One OCPP configuration key as the local API reports it (the value as OCPP sends it)."""
+
+    key: str
+    value: str
+    readonly: bool
+    reboot_required: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRecord:
+    """One OCPP frame seen on the CSMS link: wall-clock time (s), "in" or "out", the text."""
+
+    time: float
+    direction: str
+    frame: str
 
 
 # (status, data) answered by a local vendor handler for an inbound DataTransfer
@@ -119,6 +140,30 @@ class StationApi(Protocol):
         ...
 
     def unregister_vendor(self, vendor_id: str) -> None: ...
+
+    def get_configuration(self, keys: list[str]) -> list[ConfigurationEntry]:
+        """The OCPP configuration keys named (all of them, in catalog order, when `keys` is
+        empty). Raises InvalidArgument naming every unknown key."""
+        ...
+
+    def change_configuration(self, key: str, value: str) -> str:
+        """Change an OCPP configuration key by the rules of OCPP ChangeConfiguration; returns
+        "Accepted", "Rejected" (read-only key or bad value), "RebootRequired" (stored, applies
+        after a restart) or "NotSupported" (unknown key)."""
+        ...
+
+
+@runtime_checkable
+class FrameSource(Protocol):
+    """Optional capability of a StationApi: the OCPP frames on the CSMS link."""
+
+    def on_frame(self, callback: Callable[[str, str], None]) -> None:
+        """`callback(direction, frame)` for every frame, "in" (from the CSMS) or "out"."""
+        ...
+
+    def recent_frames(self, limit: int) -> list[FrameRecord]:
+        """The last `limit` frames kept in memory, oldest first."""
+        ...
 
 
 class SimulatorApi(Protocol):

@@ -338,6 +338,7 @@ async def test_properties_via_sdbus_proxy(service: DbusService, client_bus: SdBu
             "vendor": "Acme",
             "model": "Wallbox",
             "firmware_version": "1.2.3",
+            "firmware_status": "Idle",
             "connection_state": "connected",
             "ocpp_version": "1.6",
             "registration": "Accepted",

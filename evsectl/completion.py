@@ -1,0 +1,164 @@
+"""Shell completion scripts for evsectl, generated from its argparse parser.
+
+The script knows the command tree (commands, actions, options) as generated tables; EVSE ids
+and configuration keys are asked of the running daemon through `evsectl __complete`, which
+prints nothing when evsed cannot be reached. zsh uses the bash script through bashcompinit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from dataclasses import dataclass, field
+
+
+@dataclass
+class _Node:
+    options: list[str] = field(default_factory=list)
+    positionals: list[str] = field(default_factory=list)  # dest names; "name*" is variadic
+    children: dict[str, argparse.ArgumentParser] = field(default_factory=dict)
+
+
+def _node(parser: argparse.ArgumentParser) -> _Node:
+    node = _Node()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            node.children = dict(action.choices)
+        elif action.option_strings:
+            if action.help != argparse.SUPPRESS:
+                node.options.extend(s for s in action.option_strings if s.startswith("--"))
+        else:
+            variadic = action.nargs in ("*", "+")
+            node.positionals.append(action.dest + ("*" if variadic else ""))
+    return node
+
+
+def _walk(
+    parser: argparse.ArgumentParser, path: str, nodes: dict[str, _Node], value_options: set[str]
+) -> None:
+    node = _node(parser)
+    nodes[path] = node
+    for action in parser._actions:
+        if action.option_strings and action.nargs != 0:
+            value_options.update(action.option_strings)
+    for name, child in node.children.items():
+        _walk(child, f"{path}/{name}", nodes, value_options)
+
+
+def _bash_array(name: str, values: dict[str, str]) -> str:
+    items = " ".join(f"[{shlex.quote(k)}]={shlex.quote(v)}" for k, v in sorted(values.items()))
+    return f"_evsectl_{name}=({items})"
+
+
+BASH_BODY = r"""
+_evsectl_match() {
+    local cur=$1 w
+    shift
+    for w in "$@"; do
+        [[ $w == "$cur"* ]] && COMPREPLY+=("$w")
+    done
+}
+
+_evsectl() {
+    if [[ -n ${ZSH_VERSION-} ]]; then
+        emulate -L ksh
+        setopt noglob
+    else
+        local -
+        set -f
+    fi
+    local line=${COMP_LINE:0:$COMP_POINT} cur="" prev="" bus="" prev_opt=""
+    local -a words
+    words=($line)
+    if [[ $line != *[[:space:]] && ${#words[@]} -gt 0 ]]; then
+        cur=${words[${#words[@]}-1]}
+        words=("${words[@]:0:${#words[@]}-1}")
+    fi
+    [[ ${#words[@]} -gt 0 ]] && prev=${words[${#words[@]}-1]}
+    local node=root npos=0 skip=0 i w
+    for ((i = 1; i < ${#words[@]}; i++)); do
+        w=${words[i]}
+        if ((skip)); then
+            [[ $prev_opt == --bus ]] && bus=$w
+            skip=0
+            continue
+        fi
+        if [[ " $_evsectl_value_options " == *" $w "* ]]; then
+            skip=1; prev_opt=$w; continue
+        fi
+        [[ $w == --bus=* ]] && bus=${w#--bus=}
+        [[ $w == -* ]] && continue
+        local -a pos=(${_evsectl_positionals[$node]})
+        if [[ -n ${_evsectl_children[$node]} ]] && ((npos >= ${#pos[@]})); then
+            if [[ " ${_evsectl_children[$node]} " == *" $w "* ]]; then
+                node=$node/$w; npos=0; continue
+            fi
+        fi
+        ((npos++))
+    done
+    local -a busarg=()
+    [[ -n $bus ]] && busarg=(--bus "$bus")
+    COMPREPLY=()
+    case $prev in
+        --bus) _evsectl_match "$cur" system session; return ;;
+    esac
+    if [[ " $_evsectl_value_options " == *" $prev "* ]]; then
+        return
+    fi
+    if [[ $cur == -* ]]; then
+        _evsectl_match "$cur" ${_evsectl_options[$node]}
+        return
+    fi
+    local -a pos=(${_evsectl_positionals[$node]})
+    local kind=""
+    if ((npos < ${#pos[@]})); then
+        kind=${pos[npos]}
+    elif ((${#pos[@]} > 0)) && [[ ${pos[${#pos[@]}-1]} == *'*' ]]; then
+        kind=${pos[${#pos[@]}-1]}
+    fi
+    if [[ -z $kind && -n ${_evsectl_children[$node]} ]]; then
+        _evsectl_match "$cur" ${_evsectl_children[$node]}
+        return
+    fi
+    local words_of=""
+    case ${kind%'*'} in
+        evse_id) words_of=evse-ids ;;
+        key | keys) words_of=config-keys ;;
+        shell) _evsectl_match "$cur" bash zsh ;;
+    esac
+    if [[ -n $words_of ]]; then
+        _evsectl_match "$cur" $(evsectl "${busarg[@]}" __complete $words_of 2>/dev/null)
+    fi
+}
+complete -F _evsectl evsectl
+"""
+
+
+def bash_script(parser: argparse.ArgumentParser) -> str:
+    nodes: dict[str, _Node] = {}
+    value_options: set[str] = set()
+    _walk(parser, "root", nodes, value_options)
+    children = {path: " ".join(n.children) for path, n in nodes.items() if n.children}
+    options = {path: " ".join(sorted(set(n.options))) for path, n in nodes.items()}
+    positionals = {path: " ".join(n.positionals) for path, n in nodes.items() if n.positionals}
+    head = [
+        "# bash completion for evsectl (generated by `evsectl completion bash`)",
+        "declare -gA _evsectl_children _evsectl_options _evsectl_positionals",
+        _bash_array("children", children),
+        _bash_array("options", options),
+        _bash_array("positionals", positionals),
+        f"_evsectl_value_options={shlex.quote(' '.join(sorted(value_options)))}",
+    ]
+    return "\n".join(head) + "\n" + BASH_BODY.lstrip("\n")
+
+
+def zsh_script(parser: argparse.ArgumentParser) -> str:
+    return (
+        "# zsh completion for evsectl (generated by `evsectl completion zsh`)\n"
+        "(( $+functions[compdef] )) || { autoload -U +X compinit && compinit; }\n"
+        "autoload -U +X bashcompinit && bashcompinit\n" + bash_script(parser)
+    )
+
+
+def script(parser: argparse.ArgumentParser, shell: str) -> str:
+    return zsh_script(parser) if shell == "zsh" else bash_script(parser)

@@ -1,0 +1,516 @@
+"""Simulated Modbus energy meters: a pymodbus server serving any register map with live values.
+
+- `SimulatedModbusMeter`: one meter (a map from hal.meter.maps and a unit id) whose per-phase
+  voltage, current and power, imported and exported energy and frequency are set with
+  `set_values()` and served, encoded as the map says, on every request. Fault switches
+  (`set_fault`): SILENT (no answer), EXCEPTION (a Modbus exception response), GARBAGE (an
+  answer with a broken checksum — RTU — or a broken header — TCP), WRONG_UNIT (the answer
+  carries another unit id) and ENERGY_BACKWARDS (the energy registers read lower than the
+  true count).
+- `ModbusMeterServer`: a pymodbus server (pymodbus.simulator SimDevice per meter) on
+  127.0.0.1 (TCP) or on one end of a `PtyLink` (RTU); several meters share one server the way
+  they share an RS-485 line. On RTU a request for a unit id no meter has goes unanswered, as on
+  a real bus.
+- `PtyLink`: two pseudo-terminals joined like a null-modem cable, reached through stable
+  symlinks; `inject()` writes junk onto evsed's end of the line, `unplug()` / `replug()` make
+  evsed's serial port disappear and come back.
+
+Everything runs on the asyncio loop of the caller (tests, demos).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import shutil
+import tempfile
+import tty
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from pymodbus.constants import ExcCodes
+from pymodbus.framer import FramerType
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from hal.interfaces import MeterReading
+from hal.meter.maps import Function, MeterMap, Register, resolve_map
+
+__all__ = [
+    "MeterFault",
+    "ModbusMeterServer",
+    "PtyLink",
+    "SimulatedModbusMeter",
+]
+
+PhaseValues = float | Sequence[float]
+
+
+class MeterFault(StrEnum):
+    SILENT = "silent"
+    EXCEPTION = "exception"
+    GARBAGE = "garbage"
+    WRONG_UNIT = "wrong_unit"
+    ENERGY_BACKWARDS = "energy_backwards"
+
+
+def _crc16(data: bytes) -> bytes:
+    """Modbus RTU CRC-16 as sent on the wire (low byte first)."""
+    crc = 0xFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc.to_bytes(2, "little")
+
+
+class SimulatedModbusMeter:
+    """One simulated meter: a register map, a unit id, the values it measures and its faults."""
+
+    def __init__(
+        self,
+        meter_map: MeterMap | str,
+        unit_id: int = 1,
+        *,
+        voltage_v: PhaseValues = 230.0,
+        current_a: PhaseValues = 0.0,
+        power_w: PhaseValues | None = None,
+        energy_import_wh: float = 0.0,
+        energy_export_wh: float = 0.0,
+        frequency_hz: float = 50.0,
+    ) -> None:
+        self.map = resolve_map(meter_map) if isinstance(meter_map, str) else meter_map
+        if not 1 <= unit_id <= 247:
+            raise ValueError(f"unit id {unit_id}: expected 1..247")
+        self.unit_id = unit_id
+        self.requests = 0  # requests this meter received (answered or not)
+        self.fault: MeterFault | None = None
+        self.exception_code = ExcCodes.DEVICE_FAILURE
+        self.backwards_wh = 1000.0
+        self.wrong_unit_id = unit_id % 247 + 1
+        phases = self.map.phases
+        self._voltage: tuple[float, ...] = (0.0,) * phases
+        self._current: tuple[float, ...] = (0.0,) * phases
+        self._power: tuple[float, ...] = (0.0,) * phases
+        self._energy_import = 0.0
+        self._energy_export = 0.0
+        self._frequency = 50.0
+        self.set_values(
+            voltage_v=voltage_v,
+            current_a=current_a,
+            power_w=power_w,
+            energy_import_wh=energy_import_wh,
+            energy_export_wh=energy_export_wh,
+            frequency_hz=frequency_hz,
+        )
+
+    # -- values --------------------------------------------------------------------------------
+
+    def _phases(self, value: PhaseValues, what: str) -> tuple[float, ...]:
+        if isinstance(value, int | float):
+            return (float(value),) * self.map.phases
+        values = tuple(float(v) for v in value)
+        if len(values) != self.map.phases:
+            raise ValueError(f"{what}: {len(values)} values for a {self.map.phases}-phase meter")
+        return values
+
+    def set_values(
+        self,
+        *,
+        voltage_v: PhaseValues | None = None,
+        current_a: PhaseValues | None = None,
+        power_w: PhaseValues | None = None,
+        energy_import_wh: float | None = None,
+        energy_export_wh: float | None = None,
+        frequency_hz: float | None = None,
+    ) -> None:
+        """Change what the meter measures; per-phase values take one number for all phases or
+        one per phase. Power follows voltage x current unless given. Raises ValueError (and
+        changes nothing) when a value does not fit its register."""
+        before = (
+            self._voltage,
+            self._current,
+            self._power,
+            self._energy_import,
+            self._energy_export,
+            self._frequency,
+        )
+        if voltage_v is not None:
+            self._voltage = self._phases(voltage_v, "voltage_v")
+        if current_a is not None:
+            self._current = self._phases(current_a, "current_a")
+        if power_w is not None:
+            self._power = self._phases(power_w, "power_w")
+        elif voltage_v is not None or current_a is not None:
+            self._power = tuple(v * i for v, i in zip(self._voltage, self._current, strict=True))
+        if energy_import_wh is not None:
+            self._energy_import = float(energy_import_wh)
+        if energy_export_wh is not None:
+            self._energy_export = float(energy_export_wh)
+        if frequency_hz is not None:
+            self._frequency = float(frequency_hz)
+        try:
+            for register in self.map.registers.values():
+                register.encode(self._served(register.name))
+        except ValueError:
+            (
+                self._voltage,
+                self._current,
+                self._power,
+                self._energy_import,
+                self._energy_export,
+                self._frequency,
+            ) = before
+            raise
+
+    def advance(self, seconds: float) -> None:
+        """Let `seconds` pass at the present power: positive total power adds to the imported
+        energy, negative to the exported."""
+        energy = sum(self._power) * seconds / 3600.0
+        if energy >= 0:
+            self._energy_import += energy
+        else:
+            self._energy_export -= energy
+
+    @property
+    def values(self) -> MeterReading:
+        """What the meter measures (exported energy and frequency only when mapped)."""
+        return MeterReading(
+            energy_import_wh=self._energy_import,
+            voltage_v=self._voltage,
+            current_a=self._current,
+            power_w=self._power,
+            energy_export_wh=self._energy_export if "energy_export" in self.map.registers else None,
+            frequency_hz=self._frequency if "frequency" in self.map.registers else None,
+        )
+
+    def _served(self, name: str) -> float:
+        """The value register `name` shows now (faults included)."""
+        if name.startswith("energy_"):
+            true = self._energy_import if name == "energy_import" else self._energy_export
+            if self.fault is MeterFault.ENERGY_BACKWARDS:
+                return max(0.0, true - self.backwards_wh)
+            return true
+        if name == "frequency":
+            return self._frequency
+        kind, phase = name.rsplit("_l", 1)
+        series = {"voltage": self._voltage, "current": self._current, "power": self._power}
+        return series[kind][int(phase) - 1]
+
+    # -- faults --------------------------------------------------------------------------------
+
+    def set_fault(
+        self,
+        fault: MeterFault | None,
+        *,
+        exception_code: int = ExcCodes.DEVICE_FAILURE,
+        backwards_wh: float = 1000.0,
+        wrong_unit_id: int | None = None,
+    ) -> None:
+        """Switch a fault on (None: off). EXCEPTION answers `exception_code`; ENERGY_BACKWARDS
+        serves the energies `backwards_wh` lower; WRONG_UNIT answers as `wrong_unit_id`."""
+        self.exception_code = ExcCodes(exception_code)
+        if not math.isfinite(backwards_wh) or backwards_wh <= 0:
+            raise ValueError(f"backwards_wh {backwards_wh}: expected a number > 0")
+        self.backwards_wh = backwards_wh
+        if wrong_unit_id is not None:
+            if wrong_unit_id == self.unit_id or not 0 <= wrong_unit_id <= 255:
+                raise ValueError(f"wrong_unit_id {wrong_unit_id}: expected another unit id")
+            self.wrong_unit_id = wrong_unit_id
+        self.fault = fault
+
+    # -- serving -------------------------------------------------------------------------------
+
+    def device(self) -> SimDevice:
+        """A pymodbus SimDevice serving the map's blocks, values refreshed on every request."""
+        holding: list[SimData] = []
+        inputs: list[SimData] = []
+        for block in self.map.blocks:
+            target = inputs if block.function is Function.INPUT else holding
+            target.append(
+                SimData(block.address, count=block.count, values=0, datatype=DataType.REGISTERS)
+            )
+        return SimDevice(
+            id=self.unit_id,
+            simdata=(
+                [SimData(0, values=False, datatype=DataType.BITS)],
+                [SimData(0, values=False, datatype=DataType.BITS)],
+                holding or [SimData(0, datatype=DataType.INVALID)],
+                inputs or [SimData(0, datatype=DataType.INVALID)],
+            ),
+            action=self._action,
+        )
+
+    async def _action(
+        self,
+        function_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        registers: list[int],
+        values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
+        del address, count, values
+        self.requests += 1
+        if self.fault is MeterFault.EXCEPTION:
+            return self.exception_code
+        for register in self._mapped(function_code):
+            words = register.encode(self._served(register.name))
+            offset = register.address - start_address
+            registers[offset : offset + len(words)] = words
+        return None
+
+    def _mapped(self, function_code: int) -> list[Register]:
+        return [r for r in self.map.registers.values() if r.function.code == function_code]
+
+    def outgoing(self, packet: bytes, *, rtu: bool) -> bytes:
+        """The bytes actually sent for the answer `packet` (faults applied)."""
+        fault = self.fault
+        if fault is MeterFault.SILENT:
+            return b""
+        if fault is MeterFault.GARBAGE:
+            if rtu:
+                broken = bytearray(packet)
+                broken[-3] ^= 0xFF  # the last data byte: the checksum no longer matches
+                return bytes(broken)
+            return packet[:2] + b"\x13\x37" + packet[4:]  # not the Modbus protocol id 0
+        if fault is MeterFault.WRONG_UNIT:
+            if rtu:
+                frame = bytes([self.wrong_unit_id]) + packet[1:-2]
+                return frame + _crc16(frame)
+            return packet[:6] + bytes([self.wrong_unit_id]) + packet[7:]
+        return packet
+
+
+# ---------------------------------------------------------------------------------------------
+# The line: a pair of ptys joined like a null-modem cable
+
+
+@dataclass
+class _Pty:
+    master: int
+    slave: int
+    path: Path
+
+
+class PtyLink:
+    """Two pseudo-terminals joined like a null-modem cable.
+
+    `device_path` is the meters' end (the simulator's server opens it), `host_path` evsed's end
+    (the driver's `port`); both are symlinks in `directory` to /dev/pts/N. Bytes written on
+    one end are read on the other. Call open() on the event loop, close() when done.
+    """
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self._own_directory = directory is None
+        self.directory = directory or Path(tempfile.mkdtemp(prefix="evsed-rs485-"))
+        self.device_path = self.directory / "meters"
+        self.host_path = self.directory / "evsed"
+        self._device: _Pty | None = None
+        self._host: _Pty | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        if self._device is None:
+            self._device = self._new(self.device_path)
+        if self._host is None:
+            self._host = self._new(self.host_path)
+
+    def _new(self, path: Path) -> _Pty:
+        assert self._loop is not None
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        os.set_blocking(master, False)
+        temporary = path.with_name(path.name + ".new")
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        os.symlink(os.ttyname(slave), temporary)
+        os.replace(temporary, path)
+        side = _Pty(master, slave, path)
+        self._loop.add_reader(master, self._pump, side)
+        return side
+
+    def _pump(self, source: _Pty) -> None:
+        try:
+            data = os.read(source.master, 4096)
+        except OSError:  # nothing there after all, or the pty went away
+            return
+        target = self._host if source is self._device else self._device
+        if target is not None and data:
+            self._write(target, data)
+
+    @staticmethod
+    def _write(target: _Pty, data: bytes) -> None:
+        with contextlib.suppress(OSError):  # a full or closed line drops bytes, as a wire would
+            os.write(target.master, data)
+
+    def inject(self, data: bytes) -> None:
+        """Put `data` on the line towards evsed (noise, junk) as if a device had sent it."""
+        if self._host is not None:
+            self._write(self._host, data)
+
+    def _close(self, side: _Pty | None) -> None:
+        if side is None:
+            return
+        if self._loop is not None:
+            self._loop.remove_reader(side.master)
+        for fd in (side.master, side.slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            side.path.unlink()
+
+    def unplug(self) -> None:
+        """evsed's end disappears (like a USB adapter pulled out): its open port hangs up and
+        `host_path` no longer exists."""
+        self._close(self._host)
+        self._host = None
+
+    def replug(self) -> None:
+        """evsed's end comes back (a new pty behind the same `host_path`)."""
+        if self._host is None:
+            self._host = self._new(self.host_path)
+
+    def close(self) -> None:
+        self._close(self._host)
+        self._close(self._device)
+        self._host = self._device = None
+        if self._own_directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The server
+
+
+async def _no_such_unit(
+    function_code: int,
+    start_address: int,
+    address: int,
+    count: int,
+    registers: list[int],
+    values: list[int] | list[bool] | None,
+) -> ExcCodes | None:
+    """Unit ids nobody has: a TCP gateway answers "target failed to respond" (RTU: dropped)."""
+    del function_code, start_address, address, count, registers, values
+    return ExcCodes.GATEWAY_NO_RESPONSE
+
+
+class ModbusMeterServer:
+    """Serve simulated meters over Modbus TCP (127.0.0.1) or RTU (a PtyLink).
+
+    TCP: `tcp_port` 0 picks a free port; after start() `tcp_port` is the real one and
+    restart() reuses it. RTU: evsed's end of the line is `port` (a symlink that survives
+    unplug/replug and restart).
+    """
+
+    def __init__(
+        self,
+        *meters: SimulatedModbusMeter,
+        transport: str = "tcp",
+        host: str = "127.0.0.1",
+        tcp_port: int = 0,
+        baudrate: int = 9600,
+        parity: str = "N",
+        stopbits: int = 1,
+        directory: Path | None = None,
+    ) -> None:
+        if transport not in ("tcp", "rtu"):
+            raise ValueError(f"transport {transport!r}: expected 'tcp' or 'rtu'")
+        units = [meter.unit_id for meter in meters]
+        if not meters or len(set(units)) != len(units):
+            raise ValueError(f"unit ids {units}: expected one or more, all different")
+        self.meters = {meter.unit_id: meter for meter in meters}
+        self.transport = transport
+        self.host = host
+        self.tcp_port = tcp_port
+        self.baudrate = baudrate
+        self.parity = parity
+        self.stopbits = stopbits
+        self.link: PtyLink | None = PtyLink(directory) if transport == "rtu" else None
+        self._server: ModbusTcpServer | ModbusSerialServer | None = None
+
+    @property
+    def port(self) -> str:
+        """RTU: the serial port evsed opens."""
+        if self.link is None:
+            raise AttributeError("a TCP server has no serial port")
+        return str(self.link.host_path)
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def _trace(self, sending: bool, packet: bytes) -> bytes:
+        if not sending:
+            return packet
+        rtu = self.transport == "rtu"
+        unit_at = 0 if rtu else 6
+        if len(packet) <= unit_at:
+            return packet
+        meter = self.meters.get(packet[unit_at])
+        if meter is None:
+            return b"" if rtu else packet
+        return meter.outgoing(packet, rtu=rtu)
+
+    def _devices(self) -> list[SimDevice]:
+        devices = [meter.device() for meter in self.meters.values()]
+        if self.transport == "tcp":
+            devices.append(
+                SimDevice(
+                    id=0,
+                    simdata=[SimData(0, datatype=DataType.INVALID)],
+                    action=_no_such_unit,
+                )
+            )
+        return devices
+
+    async def start(self) -> None:
+        if self._server is not None:
+            return
+        server: ModbusTcpServer | ModbusSerialServer
+        if self.link is not None:
+            self.link.open()
+            server = ModbusSerialServer(
+                self._devices(),
+                framer=FramerType.RTU,
+                port=str(self.link.device_path),
+                baudrate=self.baudrate,
+                parity=self.parity,
+                stopbits=self.stopbits,
+                trace_packet=self._trace,
+            )
+        else:
+            server = ModbusTcpServer(
+                self._devices(),
+                address=(self.host, self.tcp_port),
+                trace_packet=self._trace,
+            )
+        await server.serve_forever(background=True)
+        self._server = server
+        if self.link is None:
+            sockets = getattr(server.transport, "sockets", None) or ()
+            for sock in sockets:
+                self.tcp_port = int(sock.getsockname()[1])
+                break
+
+    async def restart(self) -> None:
+        """Stop serving (connections drop) and serve again on the same port."""
+        await self._shutdown()
+        await self.start()
+
+    async def _shutdown(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            shutdown: Callable[[], Awaitable[None]] = server.shutdown  # untyped in pymodbus
+            await shutdown()
+
+    async def stop(self) -> None:
+        await self._shutdown()
+        if self.link is not None:
+            self.link.close()

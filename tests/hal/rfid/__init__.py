@@ -1,0 +1,1 @@
+"""Tests of hal.rfid: the real token reader drivers."""
