@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test lint typecheck bench clean
+.PHONY: setup system-deps demo test test-vm lint typecheck bench clean
 
 # Debian packages the tests use: journald and busctl (systemd), dbus-daemon (dbus).
 system-deps:
@@ -32,6 +32,15 @@ typecheck: $(STAMP)
 
 test: $(STAMP) system-deps lint typecheck
 	$(BIN)/pytest -q
+	$(MAKE) test-vm
+
+# The tests that need the VM kernel (gpio-sim, vcan): real gpiod and SocketCAN.
+VM_RUN := ../shared/vm/run
+test-vm: $(STAMP)
+	@if [ -x $(VM_RUN) ]; then \
+		$(VM_RUN) --timeout 900 -- env TMPDIR=/dev/shm $(BIN)/pytest -q -p no:cacheprovider \
+			-m vm tests/hal; \
+	else echo "test-vm: $(VM_RUN) not found; the VM group did not run"; fi
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.roundtrip
