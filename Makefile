@@ -6,11 +6,14 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup system-deps demo test test-vm lint typecheck bench clean
 
-# Debian packages the tests use: journald and busctl (systemd), dbus-daemon (dbus).
+# Debian packages the tests use: journald, busctl and systemd-analyze (systemd), dbus-daemon,
+# gdbus (libglib2.0-bin), runuser (util-linux), ip (iproute2).
+SYSTEM_PACKAGES := systemd dbus-daemon libglib2.0-bin util-linux iproute2
 system-deps:
 	@if ! command -v busctl >/dev/null || [ ! -x /lib/systemd/systemd-journald ] \
-		|| ! command -v dbus-daemon >/dev/null; then \
-		apt-get update && apt-get install -y systemd dbus-daemon; fi
+		|| ! command -v dbus-daemon >/dev/null || ! command -v gdbus >/dev/null \
+		|| ! command -v ip >/dev/null; then \
+		apt-get update && apt-get install -y $(SYSTEM_PACKAGES); fi
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +42,7 @@ VM_RUN := ../shared/vm/run
 test-vm: $(STAMP)
 	@if [ -x $(VM_RUN) ]; then \
 		$(VM_RUN) --timeout 900 -- env TMPDIR=/dev/shm $(BIN)/pytest -q -p no:cacheprovider \
-			-m vm tests/hal; \
+			-m vm tests/hal tests/packaging; \
 	else echo "test-vm: $(VM_RUN) not found; the VM group did not run"; fi
 
 bench: $(STAMP)

@@ -16,6 +16,7 @@ from sdbus import (
     DbusInterfaceCommonAsync,
     DbusPropertyConstFlag,
     DbusPropertyEmitsChangeFlag,
+    DbusUnprivilegedFlag,
     dbus_method_async,
     dbus_property_async,
     dbus_signal_async,
@@ -187,7 +188,7 @@ class StationInterface(DbusInterfaceCommonAsync, interface_name=STATION_INTERFAC
 
     # --- methods ---------------------------------------------------------------------------
 
-    @dbus_method_async("us", input_args_names=("evse_id", "id_tag"))
+    @dbus_method_async("us", input_args_names=("evse_id", "id_tag"), flags=DbusUnprivilegedFlag)
     async def present_token(self, evse_id: int, id_tag: str) -> None:
         with dbus_errors("PresentToken"):
             self._api.present_token(evse_id, id_tag)
@@ -197,29 +198,36 @@ class StationInterface(DbusInterfaceCommonAsync, interface_name=STATION_INTERFAC
         "ss",
         input_args_names=("vendor_id", "message_id", "data"),
         result_args_names=("status", "data"),
+        flags=DbusUnprivilegedFlag,
     )
     async def data_transfer(self, vendor_id: str, message_id: str, data: str) -> tuple[str, str]:
         with dbus_errors("DataTransfer"):
             status, answer = await self._api.data_transfer(vendor_id, message_id, data)
             return (status, answer)
 
-    @dbus_method_async("s", input_args_names=("vendor_id",))
+    @dbus_method_async("s", input_args_names=("vendor_id",), flags=DbusUnprivilegedFlag)
     async def register_vendor(self, vendor_id: str) -> None:
         with dbus_errors("RegisterVendor"):
             self.vendors.register(vendor_id, _caller())
 
-    @dbus_method_async("s", input_args_names=("vendor_id",))
+    @dbus_method_async("s", input_args_names=("vendor_id",), flags=DbusUnprivilegedFlag)
     async def unregister_vendor(self, vendor_id: str) -> None:
         with dbus_errors("UnregisterVendor"):
             self.vendors.unregister(vendor_id, _caller())
 
-    @dbus_method_async("sss", input_args_names=("request_id", "status", "data"))
+    @dbus_method_async(
+        "sss", input_args_names=("request_id", "status", "data"), flags=DbusUnprivilegedFlag
+    )
     async def answer_data_transfer(self, request_id: str, status: str, data: str) -> None:
         with dbus_errors("AnswerDataTransfer"):
             self.vendors.answer(request_id, status, data, _caller())
 
     @dbus_method_async(
-        "as", "a(ssbb)", input_args_names=("keys",), result_args_names=("configuration",)
+        "as",
+        "a(ssbb)",
+        input_args_names=("keys",),
+        result_args_names=("configuration",),
+        flags=DbusUnprivilegedFlag,
     )
     async def get_configuration(self, keys: list[str]) -> list[tuple[str, str, bool, bool]]:
         with dbus_errors("GetConfiguration"):
@@ -228,12 +236,24 @@ class StationInterface(DbusInterfaceCommonAsync, interface_name=STATION_INTERFAC
                 for e in self._api.get_configuration(list(keys))
             ]
 
-    @dbus_method_async("ss", "s", input_args_names=("key", "value"), result_args_names=("status",))
+    @dbus_method_async(
+        "ss",
+        "s",
+        input_args_names=("key", "value"),
+        result_args_names=("status",),
+        flags=DbusUnprivilegedFlag,
+    )
     async def change_configuration(self, key: str, value: str) -> str:
         with dbus_errors("ChangeConfiguration"):
             return self._api.change_configuration(key, value)
 
-    @dbus_method_async("u", "a(dss)", input_args_names=("limit",), result_args_names=("frames",))
+    @dbus_method_async(
+        "u",
+        "a(dss)",
+        input_args_names=("limit",),
+        result_args_names=("frames",),
+        flags=DbusUnprivilegedFlag,
+    )
     async def recent_frames(self, limit: int) -> list[tuple[float, str, str]]:
         with dbus_errors("RecentFrames"):
             if self._frames is None:
@@ -347,17 +367,29 @@ class EvseInterface(DbusInterfaceCommonAsync, interface_name=EVSE_INTERFACE):
 
     # --- methods ---------------------------------------------------------------------------
 
-    @dbus_method_async("s", "s", input_args_names=("id_tag",), result_args_names=("session_id",))
+    @dbus_method_async(
+        "s",
+        "s",
+        input_args_names=("id_tag",),
+        result_args_names=("session_id",),
+        flags=DbusUnprivilegedFlag,
+    )
     async def start_session(self, id_tag: str) -> str:
         with dbus_errors("StartSession"):
             return self._api.start_session(self._evse_id, id_tag)
 
-    @dbus_method_async()
+    @dbus_method_async(flags=DbusUnprivilegedFlag)
     async def stop_session(self) -> None:
         with dbus_errors("StopSession"):
             self._api.stop_session(self._evse_id)
 
-    @dbus_method_async("b", "s", input_args_names=("operative",), result_args_names=("result",))
+    @dbus_method_async(
+        "b",
+        "s",
+        input_args_names=("operative",),
+        result_args_names=("result",),
+        flags=DbusUnprivilegedFlag,
+    )
     async def set_availability(self, operative: bool) -> str:
         with dbus_errors("SetAvailability"):
             return self._api.set_availability(self._evse_id, operative)
@@ -376,47 +408,47 @@ class SimulatorInterface(DbusInterfaceCommonAsync, interface_name=SIMULATOR_INTE
         super().__init__()
         self._sim = sim
 
-    @dbus_method_async("u", input_args_names=("evse_id",))
+    @dbus_method_async("u", input_args_names=("evse_id",), flags=DbusUnprivilegedFlag)
     async def plug(self, evse_id: int) -> None:
         with dbus_errors("Plug"):
             self._sim.plug(evse_id)
 
-    @dbus_method_async("u", input_args_names=("evse_id",))
+    @dbus_method_async("u", input_args_names=("evse_id",), flags=DbusUnprivilegedFlag)
     async def unplug(self, evse_id: int) -> None:
         with dbus_errors("Unplug"):
             self._sim.unplug(evse_id)
 
-    @dbus_method_async("ub", input_args_names=("evse_id", "ready"))
+    @dbus_method_async("ub", input_args_names=("evse_id", "ready"), flags=DbusUnprivilegedFlag)
     async def set_ev_ready(self, evse_id: int, ready: bool) -> None:
         with dbus_errors("SetEvReady"):
             self._sim.set_ev_ready(evse_id, ready)
 
-    @dbus_method_async("ud", input_args_names=("evse_id", "amps"))
+    @dbus_method_async("ud", input_args_names=("evse_id", "amps"), flags=DbusUnprivilegedFlag)
     async def set_ev_max_current(self, evse_id: int, amps: float) -> None:
         with dbus_errors("SetEvMaxCurrent"):
             self._sim.set_ev_max_current(evse_id, amps)
 
-    @dbus_method_async("us", input_args_names=("evse_id", "id_tag"))
+    @dbus_method_async("us", input_args_names=("evse_id", "id_tag"), flags=DbusUnprivilegedFlag)
     async def present_rfid(self, evse_id: int, id_tag: str) -> None:
         with dbus_errors("PresentRfid"):
             self._sim.present_rfid(evse_id, id_tag)
 
-    @dbus_method_async("us", input_args_names=("evse_id", "error_code"))
+    @dbus_method_async("us", input_args_names=("evse_id", "error_code"), flags=DbusUnprivilegedFlag)
     async def raise_fault(self, evse_id: int, error_code: str) -> None:
         with dbus_errors("RaiseFault"):
             self._sim.raise_fault(evse_id, error_code)
 
-    @dbus_method_async("u", input_args_names=("evse_id",))
+    @dbus_method_async("u", input_args_names=("evse_id",), flags=DbusUnprivilegedFlag)
     async def clear_fault(self, evse_id: int) -> None:
         with dbus_errors("ClearFault"):
             self._sim.clear_fault(evse_id)
 
-    @dbus_method_async()
+    @dbus_method_async(flags=DbusUnprivilegedFlag)
     async def websocket_disconnect(self) -> None:
         with dbus_errors("WebsocketDisconnect"):
             self._sim.websocket_disconnect()
 
-    @dbus_method_async()
+    @dbus_method_async(flags=DbusUnprivilegedFlag)
     async def websocket_connect(self) -> None:
         with dbus_errors("WebsocketConnect"):
             self._sim.websocket_connect()
