@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from hal.interfaces import EvseHardware, MeterError, PilotState
-from hal.registry import build_evse_hardware
+from hal.registry import HardwareConfigError, build_evse_hardware
 from hal.sim.evse import FaultKind, SimulatedEvse
 from service.control import LocalControl, SimulatorControl
 from service.ocpp.engine import Engine
@@ -217,6 +217,8 @@ class Charger:
             if start is not None:
                 try:
                     await start()
+                except HardwareConfigError:
+                    raise  # a line or device that does not exist: a configuration error
                 except Exception as exc:
                     # A missing part is a fault on its EVSE, not a dead daemon: drivers keep
                     # retrying and report through their fault callbacks / MeterError.

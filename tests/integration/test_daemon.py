@@ -210,3 +210,35 @@ async def test_placeholder_url_waits_for_configuration(daemons: list[DaemonProce
     assert "csms.url is the placeholder" in daemon.stderr()
     assert "retrying" not in daemon.stderr()
     assert await daemon.stop() == 0
+
+
+async def test_missing_serial_port_is_a_clear_configuration_error(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "ws://127.0.0.1:1/ocpp")
+    config.write_text(config.read_text().replace("[[evse]]\nid = 1\n", """[[evse]]
+id = 1
+[evse.pilot]
+backend = "rapi"
+[evse.pilot.options]
+port = "/dev/ttyNOSUCH0"
+[evse.contactor]
+backend = "rapi"
+[evse.contactor.options]
+port = "/dev/ttyNOSUCH0"
+[evse.meter]
+backend = "modbus"
+[evse.meter.options]
+map = "sdm630"
+transport = "tcp"
+host = "127.0.0.1"
+[evse.token_reader]
+backend = "pn532"
+[evse.token_reader.options]
+port = "/dev/ttyNOSUCH1"
+"""))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service.main", "--config", str(config),
+        stderr=asyncio.subprocess.PIPE)
+    _, err = await process.communicate()
+    assert process.returncode == 78
+    text = err.decode()
+    assert "/dev/ttyNOSUCH" in text and "evse[1]" in text
