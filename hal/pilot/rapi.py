@@ -4,7 +4,8 @@ An OpenEVSE-compatible MCU generates the IEC 61851 pilot, measures the EV's stat
 relay and runs its own safety checks (GFI, ground, stuck relay, temperature, diode check).
 evsed talks to it with RAPI (see hal.pilot.rapi_protocol) over one serial connection, which
 `RapiPilot` and `RapiContactor` share: the first device built for a port creates a `RapiLink`
-in the daemon's `shared` dict under ("rapi", port), the second one joins it.
+in the daemon's `shared` dict under "rapi:<real path of the port>" (the ("rapi", port) key as
+a string, as `shared` takes), the second one joins it.
 
 Behaviour:
 
@@ -37,8 +38,8 @@ Behaviour:
   important first: MCU silent, an MCU fault state (see rapi_protocol.mcu_fault), the lock.
   The contactor reports PowerSwitchFailure for a stuck relay or a relay that did not close.
 
-Options ([evse.pilot.options] / [evse.contactor.options], backend "rapi"; where both devices
-set one it must agree, so setting it once, on the pilot, is enough):
+Options ([evse.pilot.options] / [evse.contactor.options], backend "rapi"; both devices
+configure the one link: set an option on either, and where both set it they must agree):
 
 - `port` (required): the MCU's serial device, e.g. "/dev/ttyUSB0"; must exist at build time.
 - `baudrate` (integer, default 115200, as the OpenEVSE firmware's SERIAL_BAUD).
@@ -48,8 +49,8 @@ set one it must agree, so setting it once, on the pilot, is enough):
 - `lock` (pilot only, boolean, default true): the MCU drives a Mennekes connector lock. False
   for a tethered cable: set_locked is then only recorded and `locked` mirrors it.
 
-The link itself (port, poll loop, I/O on the asyncio loop) is hal.pilot.rapi_link; requires
-RAPI 3.0.0 or later (sequence ids), i.e. OpenEVSE firmware 5 and later.
+The link itself (port, poll loop, I/O on the asyncio loop) is hal.pilot.rapi_link. Commands
+carry sequence ids, so the MCU must speak RAPI 3.0.0 or later.
 """
 
 from __future__ import annotations
@@ -90,10 +91,11 @@ class RapiPilot:
         self._started = False
 
     async def start(self) -> None:
-        """Start the shared link (opens the port: RapiError if it cannot be opened)."""
+        """Start the shared link. RapiError if the port cannot be opened; the link then keeps
+        trying (and reports the MCU silent) until close()."""
         if not self._started:
-            await self.link.start()
             self._started = True
+            await self.link.start()
 
     async def close(self) -> None:
         """Leave the link; the last device to leave closes it (the MCU is put to sleep)."""
@@ -151,10 +153,11 @@ class RapiContactor:
         self._started = False
 
     async def start(self) -> None:
-        """Start the shared link (opens the port: RapiError if it cannot be opened)."""
+        """Start the shared link. RapiError if the port cannot be opened; the link then keeps
+        trying (and reports the MCU silent) until close()."""
         if not self._started:
-            await self.link.start()
             self._started = True
+            await self.link.start()
 
     async def close(self) -> None:
         """Leave the link; the last device to leave closes it (the MCU is put to sleep)."""
@@ -231,17 +234,21 @@ def _link_settings(
         if not isinstance(lock, bool):
             raise _option_error(evse, kind, "lock", f"found {show(lock)}; expected true or false")
         settings["lock"] = lock
+    _check_timeout(evse, kind, settings)
+    return settings
+
+
+def _check_timeout(evse: Evse, kind: str, settings: dict[str, Scalar]) -> None:
     poll = float(settings.get("poll_interval_s", DEFAULT_POLL_INTERVAL_S))
     timeout = float(settings.get("timeout_s", DEFAULT_TIMEOUT_S))
     if timeout <= poll:
         raise _option_error(
             evse,
             kind,
-            "timeout_s",
-            f"{timeout:g} s is not longer than poll_interval_s "
-            f"{poll:g} s; the MCU would look silent between two polls",
+            "timeout_s" if "timeout_s" in settings else "poll_interval_s",
+            f"timeout_s {timeout:g} s is not longer than poll_interval_s {poll:g} s; "
+            f"the MCU would look silent between two polls",
         )
-    return settings
 
 
 def _shared_link(evse: Evse, kind: str, hardware: Hardware, shared: dict[str, object]) -> RapiLink:
@@ -258,34 +265,31 @@ def _shared_link(evse: Evse, kind: str, hardware: Hardware, shared: dict[str, ob
                 "port",
                 f"{port} is the RAPI MCU of EVSE {existing.evse_id}; one MCU drives one EVSE",
             )
-        for name, value in settings.items():
-            if name == "port":
-                continue
-            have = {
-                "baudrate": existing.baudrate,
-                "poll_interval_s": existing.poll_interval_s,
-                "timeout_s": existing.timeout_s,
-                "lock": existing.lock_enabled,
-            }[name]
-            if value != have:
-                raise _option_error(
-                    evse,
-                    kind,
-                    name,
-                    f"found {show(value)}, but the other device on {port} "
-                    f"has {show(have)}; set it the same (or once)",
-                )
-        return existing
-    if not os.path.exists(port):
-        raise _option_error(evse, kind, "port", f"{port} does not exist")
-    link = RapiLink(
-        evse_id=evse.id,
-        port=port,
-        baudrate=int(settings.get("baudrate", DEFAULT_BAUDRATE)),
-        poll_interval_s=float(settings.get("poll_interval_s", DEFAULT_POLL_INTERVAL_S)),
-        timeout_s=float(settings.get("timeout_s", DEFAULT_TIMEOUT_S)),
-        lock=bool(settings.get("lock", True)),
+        link = existing
+    else:
+        if not os.path.exists(port):
+            raise _option_error(evse, kind, "port", f"{port} does not exist")
+        link = RapiLink(evse_id=evse.id, port=port)
+    # Both devices configure the one link: an option set on both must agree.
+    merged: dict[str, Scalar] = dict(link.options)
+    for name, value in settings.items():
+        if name != "port" and name in merged and merged[name] != value:
+            raise _option_error(
+                evse,
+                kind,
+                name,
+                f"found {show(value)}, but the other device on {port} has "
+                f"{show(merged[name])}; set it the same (or once)",
+            )
+        merged[name] = value
+    _check_timeout(evse, kind, merged)
+    link.configure(
+        baudrate=int(merged.get("baudrate", DEFAULT_BAUDRATE)),
+        poll_interval_s=float(merged.get("poll_interval_s", DEFAULT_POLL_INTERVAL_S)),
+        timeout_s=float(merged.get("timeout_s", DEFAULT_TIMEOUT_S)),
+        lock=bool(merged.get("lock", True)),
     )
+    link.options = dict(merged)
     shared[key] = link
     return link
 

@@ -96,11 +96,11 @@ class RapiLink:
     ) -> None:
         self.evse_id = evse_id
         self.port = port
-        self.baudrate = baudrate
-        self.poll_interval_s = poll_interval_s
-        self.timeout_s = timeout_s
-        self.lock_enabled = lock
-        self.reply_timeout_s = min(1.0, timeout_s / 2)
+        self.configure(
+            baudrate=baudrate, poll_interval_s=poll_interval_s, timeout_s=timeout_s, lock=lock
+        )
+        # The options the devices' configuration set explicitly (hal.pilot.rapi merges them).
+        self.options: dict[str, str | int | float | bool] = {}
         self.stats = RapiStats()
         self._clock = clock
         self._frames = FrameReader(self.stats)
@@ -155,6 +155,16 @@ class RapiLink:
         self.pilot_device: RapiPilot | None = None  # built by hal.pilot.rapi
         self.contactor_device: RapiContactor | None = None
 
+    def configure(
+        self, *, baudrate: int, poll_interval_s: float, timeout_s: float, lock: bool
+    ) -> None:
+        """Set the link's parameters (before start)."""
+        self.baudrate = baudrate
+        self.poll_interval_s = poll_interval_s
+        self.timeout_s = timeout_s
+        self.lock_enabled = lock
+        self.reply_timeout_s = min(1.0, timeout_s / 2)
+
     # ----------------------------------------------------------------- lifecycle
 
     @property
@@ -170,20 +180,28 @@ class RapiLink:
         return self._silent
 
     async def start(self) -> None:
-        """Open the port (RapiError if it cannot be opened) and start polling. Waits up to
-        `timeout_s` for the MCU's first answer, which sets the initial state without an
-        on_change call; an MCU that stays silent leaves the state F and raises the fault."""
+        """Open the port and start polling. Waits up to `timeout_s` for the MCU's first
+        answer, which sets the initial state without an on_change call; an MCU that stays
+        silent leaves the state F and raises the fault.
+
+        A port that cannot be opened raises RapiError (the clear error at start), but the link
+        is started all the same: it keeps trying to open the port every poll interval and
+        reports EVCommunicationError meanwhile; close() stops it."""
         self._users += 1
         if self._task is not None:
             return
+        error: RapiError | None = None
         try:
             self._open()
-        except RapiError:
-            self._users -= 1
-            raise
+        except RapiError as exc:
+            error = exc
+            self._open_failure_logged = True
         self._last_heartbeat = self._clock()
         self._closing = False
         self._task = asyncio.create_task(self._run(), name=f"rapi {self.port}")
+        if error is not None:
+            self._announce = True
+            raise error
         try:
             async with asyncio.timeout(self.timeout_s):
                 await self._first_answer.wait()

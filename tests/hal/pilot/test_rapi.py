@@ -5,32 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import serial
 
 from hal.interfaces import Contactor, Pilot, PilotState
 from hal.pilot.rapi import (
     RapiContactor,
     RapiError,
     RapiPilot,
-    build,
     build_contactor,
     build_pilot,
 )
 from hal.pilot.rapi_protocol import (
-    FrameError,
-    FrameReader,
-    McuStatus,
-    RapiStats,
+    RapiFrame,
     decode_frame,
     encode_command,
-    pilot_state_of,
-    xor_checksum,
 )
-from hal.registry import HardwareConfigError
 from hal.sim.rapi_mcu import McuFault, RapiMcuEmulator, ReplyFault
 from service.config import Evse, Hardware
 from service.config_reader import Scalar
@@ -126,70 +120,38 @@ async def rig(mcu: RapiMcuEmulator) -> AsyncIterator[Rig]:
         await pilot.close()
 
 
-# ----------------------------------------------------------------- framing (sans I/O)
+# ----------------------------------------------------------------- the emulator, raw
 
 
-def test_encode_command_xor_checksum_and_sequence_id() -> None:
-    # The spec's own example: "$GS^30".
-    assert encode_command("GS") == b"$GS^30\r"
-    frame = encode_command("SC", ["16", "V"], seq=0x1A)
-    assert frame.startswith(b"$SC 16 V :1A^")
-    assert decode_frame(frame[:-1]).tokens == ("SC", "16", "V")
-    assert decode_frame(frame[:-1]).seq == 0x1A
-    with pytest.raises(ValueError):
-        encode_command("SC", ["1 6"])
-    with pytest.raises(ValueError):
-        encode_command("GS", seq=0)
+async def test_emulator_speaks_rapi_like_the_firmware(mcu: RapiMcuEmulator) -> None:
+    """Raw frames on the pty: checksums of both kinds, sequence ids echoed, $NK for a bad
+    checksum (without the id, as the firmware), unknown commands refused."""
+    port = serial.Serial(mcu.port, 115200, timeout=2)
+    try:
 
+        async def ask(frame: bytes) -> bytes:
+            port.reset_input_buffer()
+            port.write(frame)
+            while True:
+                line: bytes = await asyncio.to_thread(port.read_until, b"\r")
+                assert line.endswith(b"\r"), f"no answer to {frame!r}"
+                if not line.startswith(b"$AT"):
+                    return line
 
-def test_decode_accepts_additive_checksum() -> None:
-    # The spec's examples: "$FE*AF", "$FD*AE".
-    assert decode_frame(b"$FE*AF").tokens == ("FE",)
-    assert decode_frame(b"$FD*AE").tokens == ("FD",)
-
-
-@pytest.mark.parametrize(
-    ("raw", "kind"),
-    [
-        (b"$GS^31", "checksum"),
-        (b"$FE*AE", "checksum"),
-        (b"$GS", "malformed"),  # no checksum
-        (b"$GS^3", "malformed"),
-        (b"$GS^ZZ", "malformed"),
-        (b"$\xff\xfe^00", "malformed"),
-        (b"$OK 01 :G1^%02X" % xor_checksum(b"$OK 01 :G1"), "malformed"),  # bad sequence id
-        (b"$O^%02X" % xor_checksum(b"$O"), "malformed"),  # no two-letter name
-    ],
-)
-def test_decode_rejects(raw: bytes, kind: str) -> None:
-    with pytest.raises(FrameError) as error:
-        decode_frame(raw)
-    assert error.value.kind == kind
-
-
-def test_frame_reader_counts_noise() -> None:
-    stats = RapiStats()
-    reader = FrameReader(stats)
-    good = encode_command("OK", ["01"], seq=5)
-    frames = reader.feed(b"\x00junk" + good[:4] + good + b"$GS^31\r" + b"\n" + good[:3])
-    frames += reader.feed(good[3:])
-    assert [f.tokens for f in frames] == [("OK", "01"), ("OK", "01")]
-    assert stats.garbage_bytes == 5
-    assert stats.truncated == 1
-    assert stats.bad_checksum == 1
-    assert stats.frames == 2
-    assert reader.feed(b"$" + b"A" * 100 + b"\r") == []
-    assert stats.malformed == 1
-
-
-def test_mcu_states_map_to_pilot_states() -> None:
-    assert pilot_state_of(McuStatus(0x01, 0x01, 0)) is PilotState.A
-    assert pilot_state_of(McuStatus(0x03, 0x03, 0x0140)) is PilotState.C
-    assert pilot_state_of(McuStatus(0xFE, 0x03, 0x0100)) is PilotState.C  # asleep, EV ready
-    assert pilot_state_of(McuStatus(0xFF, 0x00, 0x0100)) is PilotState.B  # disabled, plugged
-    assert pilot_state_of(McuStatus(0xFF, 0x00, 0x0000)) is PilotState.A
-    for fault in (0x00, 0x05, 0x06, 0x07, 0x08, 0x0A, 0x11, 0x42):
-        assert pilot_state_of(McuStatus(fault, 0x02, 0x0100)) is PilotState.F
+        assert (await ask(b"$GS^30\r")).startswith(b"$OK 01 0 01 ")
+        reply = await ask(encode_command("GV", seq=0x42))
+        assert decode_frame(reply[:-1]).seq == 0x42
+        assert decode_frame(reply[:-1]).args[0] == "8.2.3.EMU"
+        assert (await ask(b"$FS*BD\r")).startswith(b"$OK^")  # additive checksum
+        assert mcu.mode == "sleeping"
+        reply = await ask(b"$FE :07^00\r")  # wrong checksum
+        assert decode_frame(reply[:-1]) == RapiFrame(("NK",))
+        assert mcu.checksum_errors == 1 and mcu.mode == "sleeping"
+        assert decode_frame((await ask(encode_command("ZZ", seq=9)))[:-1]).tokens == ("NK",)
+        reply = await ask(encode_command("SC", ["99"], seq=1))  # clamped to the maximum
+        assert decode_frame(reply[:-1]).tokens == ("NK", "32")
+    finally:
+        port.close()
 
 
 # ----------------------------------------------------------------- against the emulator
@@ -589,13 +551,27 @@ async def test_silent_from_the_start(tmp_path: Path) -> None:
 
 
 async def test_port_missing_at_start(tmp_path: Path) -> None:
+    """A clear error at start, and the driver keeps trying: the MCU counts as silent until
+    its port appears."""
     mcu = RapiMcuEmulator(tmp_path / "ttyRAPI")
     await mcu.start()
     evse = make_evse(mcu.port)
     pilot = build_pilot(evse, evse.pilot, {})
-    await mcu.close()
-    with pytest.raises(RapiError, match="cannot open RAPI port"):
-        await pilot.start()
+    faults: list[Fault] = []
+    pilot.on_fault(lambda code, info: faults.append((code, info)))
+    mcu.disconnect()
+    try:
+        with pytest.raises(RapiError, match="cannot open RAPI port"):
+            await pilot.start()
+        assert pilot.state is PilotState.F
+        await until(lambda: faults == [("EVCommunicationError", "MCU not answering")], "fault")
+        mcu.reconnect()
+        await until(lambda: faults[-1] == (None, "cleared"), "port found")
+        await until(lambda: pilot.state is PilotState.A, "state A")
+    finally:
+        await pilot.close()
+        await mcu.close()
+    assert not pilot.link.running
 
 
 async def test_close_puts_the_mcu_to_sleep(mcu: RapiMcuEmulator) -> None:
@@ -612,92 +588,3 @@ async def test_close_puts_the_mcu_to_sleep(mcu: RapiMcuEmulator) -> None:
     await contactor.close()
     assert not pilot.link.running
     await until(lambda: mcu.mode == "sleeping", "asleep")
-
-
-# ----------------------------------------------------------------- configuration
-
-
-def test_build_shares_one_link(mcu_path: str) -> None:
-    evse = make_evse(mcu_path)
-    shared: dict[str, object] = {}
-    pilot = build_pilot(evse, evse.pilot, shared)
-    contactor = build_contactor(evse, evse.contactor, shared)
-    assert pilot.link is contactor.link
-    assert build(evse, evse.pilot, shared) is pilot
-    assert list(shared) == ["rapi:" + os.path.realpath(mcu_path)]
-    link = pilot.link
-    assert (link.baudrate, link.poll_interval_s, link.timeout_s) == (115200, POLL_S, TIMEOUT_S)
-
-
-def test_defaults(mcu_path: str) -> None:
-    evse = Evse(id=3, pilot=Hardware("rapi", {"port": mcu_path}))
-    link = build_pilot(evse, evse.pilot, {}).link
-    assert (link.baudrate, link.poll_interval_s, link.timeout_s) == (115200, 1.0, 3.0)
-    assert link.lock_enabled
-
-
-@pytest.fixture
-def mcu_path(tmp_path: Path) -> Iterator[str]:
-    """A serial port that exists (a pty nobody answers on)."""
-    master, slave = os.openpty()
-    path = tmp_path / "tty"
-    path.symlink_to(os.ttyname(slave))
-    yield str(path)
-    os.close(master)
-    os.close(slave)
-
-
-@pytest.mark.parametrize(
-    ("options", "key", "message"),
-    [
-        ({}, "port", "missing"),
-        ({"port": ""}, "port", "expected a device path"),
-        ({"port": 5}, "port", "expected a device path"),
-        ({"port": "/dev/does-not-exist"}, "port", "does not exist"),
-        ({"speed": 9600}, "speed", "unknown option"),
-        ({"baudrate": "fast"}, "baudrate", "expected an integer"),
-        ({"baudrate": True}, "baudrate", "expected an integer"),
-        ({"baudrate": 0}, "baudrate", "expected an integer"),
-        ({"poll_interval_s": -1}, "poll_interval_s", "expected seconds"),
-        ({"poll_interval_s": "1"}, "poll_interval_s", "expected seconds"),
-        ({"timeout_s": float("nan")}, "timeout_s", "expected seconds"),
-        ({"timeout_s": 0.5, "poll_interval_s": 1}, "timeout_s", "not longer than"),
-        ({"lock": "yes"}, "lock", "expected true or false"),
-    ],
-)
-def test_bad_options(mcu_path: str, options: dict[str, Scalar], key: str, message: str) -> None:
-    if "port" not in options and key != "port":
-        options = {"port": mcu_path, **options}
-    evse = Evse(id=7, pilot=Hardware("rapi", options))
-    with pytest.raises(HardwareConfigError) as error:
-        build_pilot(evse, evse.pilot, {})
-    text = str(error.value)
-    assert text.startswith(f"EVSE 7: evse[7].pilot.options.{key}: ")
-    assert message in text
-
-
-def test_contactor_takes_no_lock_option(mcu_path: str) -> None:
-    evse = Evse(id=2, contactor=Hardware("rapi", {"port": mcu_path, "lock": False}))
-    with pytest.raises(HardwareConfigError, match=r"evse\[2\]\.contactor\.options\.lock"):
-        build_contactor(evse, evse.contactor, {})
-
-
-def test_devices_on_one_port_must_agree(mcu_path: str) -> None:
-    evse = Evse(
-        id=1,
-        pilot=Hardware("rapi", {"port": mcu_path, "baudrate": 9600}),
-        contactor=Hardware("rapi", {"port": mcu_path, "baudrate": 57600}),
-    )
-    shared: dict[str, object] = {}
-    build_pilot(evse, evse.pilot, shared)
-    with pytest.raises(HardwareConfigError, match="baudrate: found 57600"):
-        build_contactor(evse, evse.contactor, shared)
-
-
-def test_one_mcu_per_evse(mcu_path: str) -> None:
-    shared: dict[str, object] = {}
-    first = Evse(id=1, pilot=Hardware("rapi", {"port": mcu_path}))
-    second = Evse(id=2, contactor=Hardware("rapi", {"port": mcu_path}))
-    build_pilot(first, first.pilot, shared)
-    with pytest.raises(HardwareConfigError, match="RAPI MCU of EVSE 1"):
-        build_contactor(second, second.contactor, shared)
