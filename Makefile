@@ -4,16 +4,24 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test test-vm lint typecheck bench clean
+.PHONY: setup system-deps demo test test-vm deb lint typecheck bench clean
 
 # Debian packages the tests use: journald, busctl and systemd-analyze (systemd), dbus-daemon,
 # gdbus (libglib2.0-bin), runuser (util-linux), ip (iproute2).
-SYSTEM_PACKAGES := systemd dbus-daemon libglib2.0-bin util-linux iproute2
+# The .deb test: dpkg-dev, debhelper, dh-virtualenv, lintian, debootstrap (and a compiler for
+# wheels without binaries).
+SYSTEM_PACKAGES := systemd dbus-daemon libglib2.0-bin util-linux iproute2 \
+	dpkg-dev debhelper dh-virtualenv fakeroot build-essential python3.11-venv lintian debootstrap
 system-deps:
 	@if ! command -v busctl >/dev/null || [ ! -x /lib/systemd/systemd-journald ] \
 		|| ! command -v dbus-daemon >/dev/null || ! command -v gdbus >/dev/null \
-		|| ! command -v ip >/dev/null; then \
-		apt-get update && apt-get install -y $(SYSTEM_PACKAGES); fi
+		|| ! command -v ip >/dev/null || ! command -v dh_virtualenv >/dev/null \
+		|| ! command -v lintian >/dev/null || ! command -v debootstrap >/dev/null; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(SYSTEM_PACKAGES); fi
+
+# The .deb, as packaging/README.md describes (output in build/deb/).
+deb:
+	packaging/build-deb.sh --lintian
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
