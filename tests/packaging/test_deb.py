@@ -512,7 +512,7 @@ def test_install_on_fresh_debian(system: System) -> None:
     assert {"evsed", "dialout", "gpio"} <= set(groups), groups
     system.run("getent", "group", "evsed-operators")
     for inside, mode, owner in (
-        ("/var/lib/evsed", "750", "evsed:evsed"),
+        ("/var/lib/evsed", "700", "evsed:evsed"),
         ("/var/log/evsed", "750", "evsed:evsed"),
         ("/etc/evsed", "750", "root:evsed"),
         ("/etc/evsed/evsed.toml", "640", "root:evsed"),
