@@ -639,7 +639,7 @@ def test_upgrade_keeps_configuration_and_state(system: System, csms: tuple[str, 
     got = system.run("stat", "-c", "%a %U:%G", "/etc/evsed/evsed.toml").stdout.strip()
     assert got == "640 root:evsed", got
     got = system.run("stat", "-c", "%a %U:%G", "/var/lib/evsed").stdout.strip()
-    assert got == "750 evsed:evsed", got
+    assert got == "700 evsed:evsed", got
 
     # The upgraded daemon boots with the operator's configuration.
     _, csms_log = csms
