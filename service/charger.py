@@ -23,7 +23,7 @@ from service.ocpp.v16 import configuration as v16_configuration
 from service.ocpp.v16 import core as v16_core
 from service.ocpp.v16.remote import Remote
 from service.ocpp.v16.transactions import V16StationLink
-from service.station.api import InvalidArgument, VendorHandler
+from service.station.api import ApiError, InvalidArgument, VendorHandler
 from service.station.auth import AuthorizationCache, Authorizer, AuthSettings
 from service.station.clock import Clock
 from service.station.configuration import Configuration
@@ -172,6 +172,10 @@ class Charger:
             return method(*args)
         except InvalidArgument:
             raise
+        except ApiError as exc:
+            # A refusal (e.g. a card at an Unavailable EVSE's reader), not a failure.
+            log.warning("%s%s refused: %s", getattr(method, "__name__", method), args, exc)
+            return None
         except Exception:
             log.exception("station failed on %s%s", getattr(method, "__name__", method), args)
             return None

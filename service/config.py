@@ -22,8 +22,6 @@ from pathlib import Path
 from typing import Literal, cast
 from urllib.parse import urlsplit
 
-from ocpp.v201.enums import ConnectorEnumType
-
 from service.config_reader import (
     REQUIRED,
     ConfigError,
@@ -32,6 +30,7 @@ from service.config_reader import (
     read_config_tree,
     show,
 )
+from service.ocpp.library import enums as ocpp_enums
 from service.station.keys import OCPP_KEY_CATALOG, KeySpec, describe_key, parse_key_value
 
 __all__ = [
@@ -77,7 +76,7 @@ KNOWN_BACKENDS: dict[str, frozenset[str]] = {
 }
 
 # OCPP 2.0.1 ConnectorEnumType, as the ocpp library carries it.
-CONNECTOR_TYPES: tuple[str, ...] = tuple(str(t.value) for t in ConnectorEnumType)
+CONNECTOR_TYPES: tuple[str, ...] = tuple(str(t.value) for t in ocpp_enums("v201").ConnectorEnumType)
 
 MAX_EVSES = 128
 MAX_CONNECTORS_PER_EVSE = 10

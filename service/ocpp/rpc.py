@@ -185,7 +185,7 @@ def encode_rpc_error(error: RpcError, version: OcppVersion) -> str:
 def parse_frame(text: str | bytes) -> Frame:
     """Parse one websocket message into a frame, or raise RpcError."""
     try:
-        message = json.loads(text)
+        message = json.loads(text, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RpcError(ErrorCode.FORMAT_VIOLATION, f"frame is not valid JSON: {exc}") from None
     if not isinstance(message, list) or not message:
@@ -203,6 +203,11 @@ def parse_frame(text: str | bytes) -> Frame:
     except RpcError as exc:
         exc.message_type = type_id
         raise
+
+
+def _no_constant(name: str) -> Any:
+    # Python's json accepts NaN and Infinity; JSON (RFC 8259) and so OCPP-J do not.
+    raise ValueError(f"{name} is not JSON")
 
 
 def _parse_typed(message: list[Any], type_id: int, unique_id: str | None) -> Frame:
@@ -308,9 +313,18 @@ class SchemaSet:
         instance: Any = payload
         if schema.decimal:
             instance = json.loads(_dumps(payload), parse_float=Decimal)
-        if schema.validator.is_valid(instance):
-            return
-        error = best_match(schema.validator.iter_errors(instance))
+        try:
+            if schema.validator.is_valid(instance):
+                return
+            error = best_match(schema.validator.iter_errors(instance))
+        except ArithmeticError:
+            # multipleOf on a Decimal beyond the context's 28 digits (e.g. a limit of 1e300)
+            # cannot be decided: such a number is out of any range OCPP means.
+            raise RpcError(
+                ErrorCode.PROPERTY_CONSTRAINT_VIOLATION,
+                "payload: a number is too large",
+                unique_id=unique_id,
+            ) from None
         assert error is not None
         raise RpcError(_code_for(error), _describe(error), unique_id=unique_id)
 

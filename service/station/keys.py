@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from ocpp.v16.enums import Measurand
+from service.ocpp.library import enums as ocpp_enums
 
 KeyType = Literal["int", "bool", "str", "csl"]
 KeyValue = str | int | bool
@@ -28,7 +28,7 @@ KeyValue = str | int | bool
 # ChangeConfiguration.req's value is CiString500.
 MAX_VALUE_LENGTH = 500
 
-MEASURANDS: frozenset[str] = frozenset(str(m.value) for m in Measurand)
+MEASURANDS: frozenset[str] = frozenset(str(m.value) for m in ocpp_enums("v16").Measurand)
 FEATURE_PROFILES: frozenset[str] = frozenset(
     {
         "Core",

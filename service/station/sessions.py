@@ -8,6 +8,7 @@ sample), which is what a StopTransaction with reason PowerLoss reports after a r
 from __future__ import annotations
 
 import json
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from service.station.model import Session
@@ -24,6 +25,12 @@ class StoredSession:
 class SessionStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+
+    def atomic(self) -> AbstractContextManager[None]:
+        """One commit for a change of a session row and the transaction messages queued with
+        it (the queue lives in the same database): a power cut between the two would
+        otherwise lose the StartTransaction or send a second StopTransaction."""
+        return self._db.transaction()
 
     def save(self, session: Session) -> None:
         with self._db.transaction():

@@ -166,21 +166,27 @@ class Station:
         """Finish what a previous run left open, then report every status."""
         for row in self.sessions.load_all():
             session = row.session
-            if session.started and self.listener is not None:
-                meter = (
-                    row.last_meter_wh if row.last_meter_wh is not None else (session.meter_start_wh)
-                )
-                log.warning(
-                    "transaction %s on EVSE %d was open at the last stop: ending it with reason %s",
-                    session.session_id,
-                    session.evse_id,
-                    recovered_reason,
-                    extra=log_fields(evse_id=session.evse_id, transaction_id=session.session_id),
-                )
-                self.listener.transaction_stopped(
-                    session, recovered_reason, meter, row.last_time or self.timestamp(), []
-                )
-            self.sessions.delete(session.session_id)
+            with self.sessions.atomic():  # the StopTransaction and the row's end: one commit
+                if session.started and self.listener is not None:
+                    meter = (
+                        row.last_meter_wh
+                        if row.last_meter_wh is not None
+                        else (session.meter_start_wh)
+                    )
+                    log.warning(
+                        "transaction %s on EVSE %d was open at the last stop: "
+                        "ending it with reason %s",
+                        session.session_id,
+                        session.evse_id,
+                        recovered_reason,
+                        extra=log_fields(
+                            evse_id=session.evse_id, transaction_id=session.session_id
+                        ),
+                    )
+                    self.listener.transaction_stopped(
+                        session, recovered_reason, meter, row.last_time or self.timestamp(), []
+                    )
+                self.sessions.delete(session.session_id)
         for evse in self.evses.values():
             evse.pilot = evse.hardware.pilot.state
             evse.ev_connected = evse.pilot.plugged
@@ -490,7 +496,10 @@ class Station:
         if reading is not None:
             collector.begin(session.start_timestamp, reading, self._csl("StopTxnSampledData"))
         session.collector_state = collector.to_json()
-        self.sessions.save(session)
+        with self.sessions.atomic():  # the row says "started" only with its StartTransaction
+            self.sessions.save(session)
+            if self.listener is not None:
+                self.listener.transaction_started(session)
         evse.hardware.pilot.set_locked(True)
         log.info(
             "transaction %s started on EVSE %d for %s at %.0f Wh",
@@ -504,8 +513,6 @@ class Station:
                 event=LogEvent.SESSION_STARTED,
             ),
         )
-        if self.listener is not None:
-            self.listener.transaction_started(session)
 
     def transaction_confirmed(
         self, session_id: str, transaction_id: int | str, info: IdTagInfo | None
@@ -566,11 +573,12 @@ class Station:
                 event=LogEvent.SESSION_STOPPED,
             ),
         )
-        if self.listener is not None:
-            self.listener.transaction_stopped(
-                session, reason, meter_stop, timestamp, collector.transaction_data()
-            )
-        self.sessions.delete(session.session_id)
+        with self.sessions.atomic():  # the StopTransaction and the row's end: one commit
+            if self.listener is not None:
+                self.listener.transaction_stopped(
+                    session, reason, meter_stop, timestamp, collector.transaction_data()
+                )
+            self.sessions.delete(session.session_id)
         if evse.scheduled_availability is not None:
             evse.availability = evse.scheduled_availability
             evse.scheduled_availability = None
@@ -579,6 +587,11 @@ class Station:
 
     # ------------------------------------------------------------------ commands
     def remote_start(self, evse_id: int | None, id_tag: str, limit_a: float | None = None) -> bool:
+        if not is_valid_id_tag(id_tag):
+            # The 1.6 schema lets "" and non-ASCII through; such a token could never be
+            # authorized or cached (CiString20: 1-20 printable ASCII characters).
+            log.warning("RemoteStartTransaction with invalid idTag %r rejected", id_tag)
+            return False
         if evse_id is None:
             candidates = [e for e in self.evses.values() if e.session is None and self._usable(e)]
             if not candidates:

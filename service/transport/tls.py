@@ -17,9 +17,6 @@ import base64
 import ssl
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
 SECURITY_PROFILES = (0, 1, 2, 3)
 
 
@@ -92,6 +89,11 @@ def _read(path: Path, what: str) -> bytes:
 
 
 def _load_client_certificate(context: ssl.SSLContext, certificate: Path, key: Path | None) -> None:
+    # Imported here, not at the top: only security profile 3 parses certificates, and
+    # cryptography costs ~8 MiB of RSS (its Rust extension) and ~35 ms of startup.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     # Parse both files first so that an error names the file at fault; OpenSSL's own messages
     # ("PEM lib") do not.
     cert_pem = _read(certificate, "client certificate")

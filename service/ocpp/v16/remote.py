@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from service.ocpp.engine import Deferred, Engine
-from service.ocpp.rpc import Call, JsonDict, OcppVersion
+from service.ocpp.rpc import Call, ErrorCode, JsonDict, OcppVersion, RpcError
 from service.station.model import StopReason
 from service.station.station import Station
 
@@ -33,6 +33,12 @@ def tx_profile_limit_a(profile: dict[str, Any], phases: int) -> float | None:
         return None
     schedule = profile["chargingSchedule"]
     periods = sorted(schedule["chargingSchedulePeriod"], key=lambda p: p["startPeriod"])
+    if not periods:
+        # 1.6 gives chargingSchedulePeriod 1..* occurrences; the OCA schema has no minItems.
+        raise RpcError(
+            ErrorCode.OCCURRENCE_CONSTRAINT_VIOLATION,
+            "chargingProfile/chargingSchedule/chargingSchedulePeriod: at least one period",
+        )
     limit = float(Decimal(str(periods[0]["limit"])))
     if schedule["chargingRateUnit"] == "W":
         used_phases = periods[0].get("numberPhases", phases)

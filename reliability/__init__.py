@@ -1,0 +1,1 @@
+"""Reliability harness of evsed: crash consistency, network faults, fuzzing, soak."""
