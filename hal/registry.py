@@ -178,6 +178,7 @@ def build_evse_hardware(
                 f"EVSE {evse.id}: a simulated EVSE takes no real power_module or safety device"
             )
         return sim.hardware, sim
+
     def build(kind: str) -> Any:
         hardware = _device(evse, kind)
         return _factory(kind, hardware.backend)(evse, hardware, shared)
