@@ -53,8 +53,8 @@ test-vm: $(STAMP)
 			-m vm tests/hal tests/packaging; \
 	else echo "test-vm: $(VM_RUN) not found; the VM group did not run"; fi
 
-bench: $(STAMP)
-	$(BIN)/python -m bench.roundtrip
+bench: $(STAMP) system-deps
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) demo-state .pytest_cache .mypy_cache .ruff_cache

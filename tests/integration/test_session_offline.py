@@ -11,6 +11,7 @@ from typing import Any
 from testcsms.server import Received, TestCsms
 from tests.integration.conftest import (
     DaemonProcess,
+    busctl,
     evse_property,
     sim,
     start_daemon,
@@ -38,6 +39,13 @@ async def go_offline(csms: TestCsms, address: str) -> None:
     await sim(address, "WebsocketDisconnect")
     await csms.wait_until(lambda: len([c for c in csms.connections
                                        if c.closed is not None]) > count)
+    # ...and the daemon itself knows it is offline (under load this can lag the CSMS side).
+    for _ in range(100):
+        state = await busctl(address, "get-property", "org.evsed", "/org/evsed/Station",
+                             "org.evsed.Station1", "ConnectionState")
+        if "connected" not in state.replace("disconnected", ""):
+            break
+        await asyncio.sleep(0.1)
     await asyncio.sleep(0.2)
 
 
