@@ -359,7 +359,9 @@ async def run(frames: int, *, seed: int, log: Any = print) -> dict[str, Any]:
     old_level = root.level
     root.addHandler(traces)
     root.setLevel(logging.CRITICAL)  # the daemon logs every bad frame: keep the run quiet
-    for name in ("evsed", "evsed.ocpp", "evsed.ocpp.v16", "evsed.station", "evsed.charger"):
+    quiet = ("evsed", "evsed.ocpp", "evsed.ocpp.v16", "evsed.station", "evsed.charger")
+    old_levels = {name: logging.getLogger(name).level for name in quiet}
+    for name in quiet:
         logging.getLogger(name).setLevel(logging.ERROR)
     logging.getLogger().setLevel(logging.ERROR)
     started = time.monotonic()
@@ -384,6 +386,8 @@ async def run(frames: int, *, seed: int, log: Any = print) -> dict[str, Any]:
     finally:
         root.removeHandler(traces)
         root.setLevel(old_level)
+        for name, level in old_levels.items():  # leave the process's logging as it was
+            logging.getLogger(name).setLevel(level)
     finding_counts = dict(fuzzer.finding_counts)
     # A handler exception answered as InternalError also shows up in the log: count it once.
     result = {
