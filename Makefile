@@ -8,19 +8,20 @@ STAMP  := $(VENV)/.installed
 
 # Debian packages the tests use: journald, busctl and systemd-analyze (systemd), dbus-daemon,
 # gdbus (libglib2.0-bin), runuser (util-linux), ip (iproute2); the firmware installers rauc and
-# swupdate with openssl and cpio to build signed bundles and .swu images.
+# swupdate with openssl, cpio and squashfs-tools to build signed bundles and .swu images.
 # The .deb test: dpkg-dev, debhelper, dh-virtualenv, lintian, debootstrap (and a compiler for
 # wheels without binaries).
 SYSTEM_PACKAGES := systemd dbus-daemon libglib2.0-bin util-linux iproute2 \
 	dpkg-dev debhelper dh-virtualenv fakeroot build-essential python3.11-venv lintian debootstrap \
-	rauc swupdate openssl cpio
+	rauc swupdate openssl cpio squashfs-tools
 system-deps:
 	@if ! command -v busctl >/dev/null || [ ! -x /lib/systemd/systemd-journald ] \
 		|| ! command -v dbus-daemon >/dev/null || ! command -v gdbus >/dev/null \
 		|| ! command -v ip >/dev/null || ! command -v dh_virtualenv >/dev/null \
 		|| ! command -v lintian >/dev/null || ! command -v debootstrap >/dev/null \
 		|| ! command -v rauc >/dev/null || ! command -v swupdate >/dev/null \
-		|| ! command -v cpio >/dev/null || ! command -v openssl >/dev/null; then \
+		|| ! command -v cpio >/dev/null || ! command -v openssl >/dev/null \
+		|| ! command -v mksquashfs >/dev/null; then \
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(SYSTEM_PACKAGES); fi
 
 # The .deb, as packaging/README.md describes (output in build/deb/).
