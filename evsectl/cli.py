@@ -52,6 +52,9 @@ FOLLOW_HISTORY_LINES = 10  # `log --follow` shows these first, like journalctl -
 # Frames of history read (not all shown) so a RESULT shown first is named after its CALL.
 HISTORY_CONTEXT = 200
 BUS_CHECK_INTERVAL_S = 2.0  # `log --follow` notices a bus that went away within this
+FIRMWARE_INTERFACE = "org.evsed.Firmware1"  # on STATION_PATH; absent in older daemons
+# D-Bus errors that mean "this evsed has no such interface": fall back, do not fail.
+_ABSENT = (".UnknownInterface", ".UnknownObject", ".UnknownProperty", ".UnknownMethod")
 
 DESCRIPTION = """\
 Control and inspect evsed, the EV charger daemon, over its D-Bus API (org.evsed).
@@ -70,6 +73,7 @@ examples:
   evsectl config set HeartbeatInterval 600
   evsectl log --follow                    the OCPP exchange with the CSMS, live
   evsectl firmware status
+  evsectl firmware install /var/lib/evsed/update.raucb   install a bundle (root only)
   evsectl --bus unix:path=/tmp/test-bus status
   source <(evsectl completion bash)       tab completion for this shell
 
@@ -290,14 +294,30 @@ examples:
 
     firmware = command(
         "firmware",
-        "firmware update state",
-        "`firmware status` shows the running version and the update state. There is no\n"
-        "update path yet (it arrives with a later release): the state is always Idle.",
+        "firmware update state, and installing a firmware file",
+        """\
+actions:
+  status        the running version and the update state; with a daemon that has firmware
+                updates also the current update: state, progress, OCPP request id (- for a
+                local install), location, installer backend and the last error
+  install FILE  install a firmware bundle that is already on this charger (no download). It
+                returns once evsed has taken the file; follow the install with `status`.
+                Only root may install (the bus policy and evsed both check). evsed runs as
+                its own user: that user must be able to read FILE (/root is not readable).
+
+examples:
+  evsectl firmware status
+  evsectl --json firmware
+  evsectl firmware install /var/lib/evsed/update.raucb""",
     )
     firmware_actions = firmware.add_subparsers(
         title="actions", dest="action", metavar="ACTION", parser_class=Parser
     )
     firmware_actions.add_parser("status", help="version and update state", parents=[common])
+    install = firmware_actions.add_parser(
+        "install", help="install a firmware file on this charger (root only)", parents=[common]
+    )
+    install.add_argument("file", metavar="FILE", help="the firmware bundle (a local file)")
 
     completion = command(
         "completion",
@@ -453,13 +473,61 @@ def cmd_config(client: Client, args: argparse.Namespace, out: Output) -> int:
     raise CliError(f"{printable(key)}: {printable(status)}")
 
 
+def _firmware_update(client: Client) -> dict[str, Any] | None:
+    """org.evsed.Firmware1's properties (snake_case), None when the daemon has no such
+    interface (an older evsed, or one started without firmware updates)."""
+    try:
+        return snake_keys(client.properties(STATION_PATH, FIRMWARE_INTERFACE))
+    except CliError as error:
+        if error.dbus_name.endswith(_ABSENT):
+            return None
+        raise
+
+
+def _firmware_lines(update: dict[str, Any]) -> list[tuple[str, str]]:
+    request_id = update.get("request_id", -1)
+    rows = [
+        ("State", str(update.get("state", ""))),
+        ("Progress", f"{update.get('progress', 0)} %"),
+        ("Request", "-" if request_id == -1 else str(request_id)),
+        ("Location", str(update.get("location", "")) or "-"),
+        ("Backend", str(update.get("backend", "")) or "-"),
+    ]
+    if update.get("last_error"):
+        rows.append(("Error", str(update["last_error"])))
+    return rows
+
+
 def cmd_firmware(client: Client, args: argparse.Namespace, out: Output) -> int:
+    if args.action == "install":
+        return _firmware_install(client, args, out)
     version = client.property(STATION_PATH, STATION_INTERFACE, "FirmwareVersion")
     status = client.property(STATION_PATH, STATION_INTERFACE, "FirmwareStatus")
+    update = _firmware_update(client)
     if args.json:
-        out.json({"firmware_version": version, "status": status})
+        out.json({"firmware_version": version, "status": status, **(update or {})})
+        return EXIT_OK
+    rows = [("Firmware", str(version)), ("Update", str(status))]
+    rows += _firmware_lines(update) if update is not None else []
+    out.print("\n".join(f"{label:<10}{printable(value)}" for label, value in rows))
+    return EXIT_OK
+
+
+def _firmware_install(client: Client, args: argparse.Namespace, out: Output) -> int:
+    given: str = args.file
+    path = os.path.abspath(given)  # evsed runs elsewhere: it needs an absolute path
+    if not os.path.isfile(path):
+        raise CliError(f"{printable(given)}: no such file", EXIT_USAGE)
+    client.call(STATION_PATH, FIRMWARE_INTERFACE, "InstallFile", "s", path)
+    update = _firmware_update(client) or {}
+    state = str(update.get("state", ""))
+    if args.json:
+        out.json({"file": path, **update})
     else:
-        out.print(f"Firmware  {printable(version)}\nUpdate    {printable(status)}")
+        out.print(
+            f"{printable(path)}: taken by evsed (state {printable(state or 'unknown')}); "
+            "follow it with `evsectl firmware status`"
+        )
     return EXIT_OK
 
 

@@ -8,10 +8,10 @@ file that is unreadable or not UTF-8 TOML raises `ConfigError` (one line: file, 
 was found, what is expected). Array positions in keys count from 1: `evse[2]` is the second
 [[evse]] table, which is also EVSE id 2 in a valid file.
 
-Layout: [identity], [csms], [paths], [queue], [logging], [[evse]] with [evse.meter],
-[evse.pilot], [evse.contactor], [evse.token_reader] (each `backend` + [evse.<kind>.options]) and
-[[evse.connectors]], and [ocpp] (initial values of OCPP configuration keys, see
-service.station.keys). etc/evsed/evsed.toml documents every key.
+Layout: [identity], [csms], [paths], [queue], [logging], [dbus], [firmware], [diagnostics],
+[[evse]] with [evse.meter], [evse.pilot], [evse.contactor], [evse.token_reader] (each `backend`
++ [evse.<kind>.options]) and [[evse.connectors]], and [ocpp] (initial values of OCPP
+configuration keys, see service.station.keys). etc/evsed/evsed.toml documents every key.
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ __all__ = [
     "ConfigError",
     "Connector",
     "Csms",
+    "DiagnosticsSettings",
     "Evse",
+    "FirmwareSettings",
     "Hardware",
     "Identity",
     "Logging",
@@ -166,6 +168,49 @@ class Dbus:
     meter_poll_interval_s: float = 1.0
 
 
+FirmwareBackend = Literal["none", "command", "swupdate", "rauc"]
+FIRMWARE_BACKENDS: tuple[FirmwareBackend, ...] = ("none", "command", "swupdate", "rauc")
+RebootMethod = Literal["logind", "command", "none"]
+BUNDLE_PLACEHOLDER = "{bundle}"
+
+
+@dataclass(frozen=True, slots=True)
+class FirmwareSettings:
+    """How firmware updates are downloaded, checked, installed and activated.
+
+    `backend` "none" turns remote firmware updates off (UpdateFirmware is answered
+    NotSupported). Commands are argv arrays run without a shell; "{bundle}" in an argument is
+    replaced by the path of the downloaded file. `manufacturer_roots` (a PEM file or a
+    directory of PEM files) are the roots a signed update's signing certificate must chain
+    to; `trust_store` (a CA bundle file or directory) replaces the system CAs for HTTPS/FTPS
+    downloads. `reboot` says how the reboot that activates new firmware is requested:
+    org.freedesktop.login1.Manager.Reboot on the system bus, `reboot_command`, or not at all.
+    """
+
+    backend: FirmwareBackend = "none"
+    install_command: tuple[str, ...] = ()
+    confirm_command: tuple[str, ...] = ()
+    reboot_required: bool = True
+    rauc_bus: str = "system"
+    swupdate_command: tuple[str, ...] = ("swupdate",)
+    swupdate_public_key: Path | None = None
+    manufacturer_roots: Path | None = None
+    trust_store: Path | None = None
+    download_timeout_s: float = 60.0
+    min_free_bytes: int = 16 * MIB
+    max_bytes: int = 2 * GIB
+    reboot: RebootMethod = "logind"
+    reboot_command: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DiagnosticsSettings:
+    """Log uploads (GetDiagnostics, GetLog): per-transfer timeout and the HTTP(S) method."""
+
+    upload_timeout_s: float = 60.0
+    http_method: Literal["PUT", "POST"] = "PUT"
+
+
 @dataclass(frozen=True, slots=True)
 class Hardware:
     """A device of an EVSE: the HAL backend that drives it and its backend options."""
@@ -205,17 +250,32 @@ class Settings:
     queue: Queue = field(default_factory=Queue)
     logging: Logging = field(default_factory=Logging)
     dbus: Dbus = field(default_factory=Dbus)
+    firmware: FirmwareSettings = field(default_factory=FirmwareSettings)
+    diagnostics: DiagnosticsSettings = field(default_factory=DiagnosticsSettings)
     evses: tuple[Evse, ...] = (Evse(),)
     ocpp_keys: dict[str, OcppKeyValue] = field(default_factory=dict)
     source_files: tuple[Path, ...] = ()
 
 
-_TOP_KEYS = ("identity", "csms", "paths", "queue", "logging", "dbus", "evse", "ocpp")
+_TOP_KEYS = (
+    "identity",
+    "csms",
+    "paths",
+    "queue",
+    "logging",
+    "dbus",
+    "firmware",
+    "diagnostics",
+    "evse",
+    "ocpp",
+)
 _DBUS_KEYS = tuple(f.name for f in fields(Dbus))
 _IDENTITY_KEYS = tuple(f.name for f in fields(Identity))
 _CSMS_KEYS = tuple(f.name for f in fields(Csms))
 _PATHS_KEYS = tuple(f.name for f in fields(Paths))
 _QUEUE_KEYS = tuple(f.name for f in fields(Queue))
+_FIRMWARE_KEYS = tuple(f.name for f in fields(FirmwareSettings))
+_DIAGNOSTICS_KEYS = tuple(f.name for f in fields(DiagnosticsSettings))
 _LOGGING_KEYS = ("level", "journal_socket")
 _DEVICE_KINDS = ("meter", "pilot", "contactor", "token_reader", "power_module", "safety")
 _EVSE_KEYS = ("id", *_DEVICE_KINDS, "connectors", "dc_voltage_v")
@@ -235,6 +295,8 @@ def load_settings(path: Path) -> Settings:
         queue=_queue(root.table("queue", _QUEUE_KEYS)),
         logging=_logging(root.table("logging", _LOGGING_KEYS)),
         dbus=_dbus(root.table("dbus", _DBUS_KEYS)),
+        firmware=_firmware(root.table("firmware", _FIRMWARE_KEYS)),
+        diagnostics=_diagnostics(root.table("diagnostics", _DIAGNOSTICS_KEYS)),
         evses=_evses(root),
         ocpp_keys=_ocpp_keys(root),
         source_files=files,
@@ -262,6 +324,91 @@ def _dbus(t: Table) -> Dbus:
         bus=bus,
         simulator=t.boolean("simulator", True),
         meter_poll_interval_s=t.number("meter_poll_interval_s", 1.0, 0.1, 60.0),
+    )
+
+
+def _bus(t: Table, name: str) -> str:
+    bus = t.string(name, "system", min_len=1, max_len=512)
+    if bus not in ("system", "session") and ":" not in bus:
+        raise t.error(
+            name,
+            show(bus),
+            '"system", "session" or a D-Bus address like "unix:path=/run/dbus/system_bus_socket"',
+        )
+    return bus
+
+
+def _argv(t: Table, name: str, *, needs_bundle: bool = False) -> tuple[str, ...]:
+    """A command as an array of strings (no shell); [] = none."""
+    expected = "an array of non-empty strings (program and arguments; [] for none)"
+    if needs_bundle:
+        expected += f', one of them containing "{BUNDLE_PLACEHOLDER}"'
+    if not t.has(name):
+        return ()
+    value = t.data[name]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise t.error(name, show(value), expected)
+    if len(value) > 64 or any(len(v) > 4096 or "\0" in v for v in value):
+        raise t.error(name, show(value), expected + " (at most 64 of at most 4096 characters)")
+    if needs_bundle and value and not any(BUNDLE_PLACEHOLDER in v for v in value):
+        raise t.error(name, show(value), expected)
+    return tuple(value)
+
+
+def _existing(t: Table, name: str, what: str) -> Path | None:
+    """An absolute path of an existing file or directory; "" = none."""
+    path = t.path(name, None, allow_empty=True)
+    if path is not None and not path.exists():
+        raise t.error(
+            name,
+            f"{show(str(path))}, which does not exist",
+            f'an absolute path of an existing {what} or "" for none',
+        )
+    return path
+
+
+def _firmware(t: Table) -> FirmwareSettings:
+    backend = cast(FirmwareBackend, t.choice("backend", FIRMWARE_BACKENDS, "none"))
+    install_command = _argv(t, "install_command", needs_bundle=True)
+    if backend == "command" and not install_command:
+        raise t.error(
+            "install_command",
+            show(t.data["install_command"]) if t.has("install_command") else "no value",
+            f'a command with "{BUNDLE_PLACEHOLDER}" (backend "command" needs one)',
+        )
+    swupdate_command = _argv(t, "swupdate_command") if t.has("swupdate_command") else ("swupdate",)
+    if backend == "swupdate" and not swupdate_command:
+        raise t.error("swupdate_command", "[]", 'the swupdate program (backend "swupdate")')
+    reboot = cast(RebootMethod, t.choice("reboot", ("logind", "command", "none"), "logind"))
+    reboot_command = _argv(t, "reboot_command")
+    if reboot == "command" and not reboot_command:
+        raise t.error(
+            "reboot_command",
+            show(t.data["reboot_command"]) if t.has("reboot_command") else "no value",
+            'a command (reboot = "command" needs one)',
+        )
+    return FirmwareSettings(
+        backend=backend,
+        install_command=install_command,
+        confirm_command=_argv(t, "confirm_command"),
+        reboot_required=t.boolean("reboot_required", True),
+        rauc_bus=_bus(t, "rauc_bus"),
+        swupdate_command=swupdate_command,
+        swupdate_public_key=_existing(t, "swupdate_public_key", "file"),
+        manufacturer_roots=_existing(t, "manufacturer_roots", "PEM file or directory"),
+        trust_store=_existing(t, "trust_store", "CA bundle file or directory"),
+        download_timeout_s=t.number("download_timeout_s", 60.0, 0, 3600, above_minimum=True),
+        min_free_bytes=t.integer("min_free_bytes", 16 * MIB, 0, 1024 * GIB),
+        max_bytes=t.integer("max_bytes", 2 * GIB, 1, 1024 * GIB),
+        reboot=reboot,
+        reboot_command=reboot_command,
+    )
+
+
+def _diagnostics(t: Table) -> DiagnosticsSettings:
+    return DiagnosticsSettings(
+        upload_timeout_s=t.number("upload_timeout_s", 60.0, 0, 3600, above_minimum=True),
+        http_method=cast(Literal["PUT", "POST"], t.choice("http_method", ("PUT", "POST"), "PUT")),
     )
 
 

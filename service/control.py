@@ -71,6 +71,8 @@ class LocalControl:
         self._callbacks: list[Callable[[int], None]] = []
         self._frame_callbacks: list[Callable[[str, str], None]] = []
         self._frames: deque[FrameRecord] = deque(maxlen=FRAME_HISTORY)
+        #: The firmware update state for Station1.FirmwareStatus (the charger sets it).
+        self.firmware_status: Callable[[], str] = lambda: "Idle"
         station.on_change(self._notify)
 
     def _notify(self, evse_id: int) -> None:
@@ -111,6 +113,7 @@ class LocalControl:
             ocpp_version=version.value if version is not None else "",
             registration=self.engine.registration.value,
             queued_messages=self.engine.queue_length,
+            firmware_status=self.firmware_status(),
         )
 
     def evse_ids(self) -> list[int]:

@@ -1,4 +1,5 @@
-"""The D-Bus interfaces org.evsed.Station1, org.evsed.Evse1 and org.evsed.Simulator1.
+"""The D-Bus interfaces org.evsed.Station1, org.evsed.Evse1, org.evsed.Simulator1 and
+org.evsed.Firmware1.
 
 Each class is both the exported object (built with the API it serves) and, through sdbus's
 `new_proxy`, a typed client for the same interface. Property getters read the API live; the
@@ -10,7 +11,10 @@ its `org.evsed.Error.*` and nothing raised below can take the service down.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from sdbus import (
     DbusInterfaceCommonAsync,
@@ -38,12 +42,16 @@ from service.station.api import (
 
 __all__ = [
     "EVSE_INTERFACE",
+    "FIRMWARE_INTERFACE",
     "SIMULATOR_INTERFACE",
     "STATION_INTERFACE",
     "EvseInterface",
+    "FirmwareInterface",
+    "FirmwareManagerLike",
     "SimulatorInterface",
     "StationInterface",
     "evse_values",
+    "firmware_values",
     "station_values",
 ]
 
@@ -52,6 +60,7 @@ log = logging.getLogger("evsed.dbus")
 STATION_INTERFACE = "org.evsed.Station1"
 EVSE_INTERFACE = "org.evsed.Evse1"
 SIMULATOR_INTERFACE = "org.evsed.Simulator1"
+FIRMWARE_INTERFACE = "org.evsed.Firmware1"
 
 _CHANGES = DbusPropertyEmitsChangeFlag
 
@@ -452,3 +461,130 @@ class SimulatorInterface(DbusInterfaceCommonAsync, interface_name=SIMULATOR_INTE
     async def websocket_connect(self) -> None:
         with dbus_errors("WebsocketConnect"):
             self._sim.websocket_connect()
+
+
+# --- org.evsed.Firmware1 ---------------------------------------------------------------------
+
+_INT32 = range(-(2**31), 2**31)
+
+
+class FirmwareManagerLike(Protocol):
+    """What Firmware1 needs of service.firmware.manager.FirmwareManager."""
+
+    def snapshot(self) -> dict[str, object]: ...
+
+    def on_change(self, callback: Callable[[], None]) -> None: ...
+
+    async def install_local(self, path: Path) -> None: ...
+
+
+def _int(value: object, default: int) -> int:
+    return value if isinstance(value, int) and value in _INT32 else default
+
+
+def public_location(location: str) -> str:
+    """A location as anyone on the bus may read it: no password from user:password@host."""
+    try:
+        parts = urlsplit(location)
+        if parts.password is None:
+            return location
+        host = parts.netloc.rpartition("@")[2]
+        netloc = f"{parts.username}@{host}" if parts.username else host
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return location
+
+
+def firmware_values(snap: Mapping[str, object]) -> PropertyValues:
+    """Firmware1's properties from a manager snapshot (missing or odd values: defaults)."""
+    return {
+        "State": ("s", dbus_text(str(snap.get("state", "Idle")))),
+        "Progress": ("i", _int(snap.get("progress"), 0)),
+        "LastError": ("s", dbus_text(str(snap.get("last_error", "")))),
+        "RequestId": ("i", _int(snap.get("request_id"), -1)),
+        "Location": ("s", dbus_text(public_location(str(snap.get("location", ""))))),
+        "Backend": ("s", dbus_text(str(snap.get("backend", "")))),
+    }
+
+
+def _is_busy(exc: BaseException) -> bool:
+    # service.firmware.manager.FirmwareBusy, matched by name: the D-Bus layer does not import
+    # the firmware machinery (and its backends) just to translate one exception.
+    return any(cls.__name__ == "FirmwareBusy" for cls in type(exc).__mro__)
+
+
+class FirmwareInterface(DbusInterfaceCommonAsync, interface_name=FIRMWARE_INTERFACE):
+    """/org/evsed/Station, next to Station1: the firmware update state and local installs.
+
+    The properties mirror the manager's `snapshot()`; `refresh()` (called on the manager's
+    `on_change`) emits PropertiesChanged for what differs. InstallFile is privileged: it has no
+    DbusUnprivilegedFlag, so sd-bus itself refuses callers without CAP_SYS_ADMIN (other than
+    the daemon's own user), whatever the bus policy lets through.
+    """
+
+    def __init__(self, manager: FirmwareManagerLike) -> None:
+        super().__init__()
+        self._manager = manager
+        try:
+            snap = manager.snapshot()
+        except Exception:
+            log.exception("reading the firmware snapshot failed")
+            snap = {}
+        self._last = firmware_values(snap)
+
+    def _value(self, name: str) -> Any:
+        try:
+            return firmware_values(self._manager.snapshot())[name][1]
+        except Exception:
+            log.exception("reading the firmware snapshot failed")
+            return self._last[name][1]
+
+    def refresh(self) -> None:
+        """Compare with the last state sent and emit PropertiesChanged for what differs."""
+        new = firmware_values(self._manager.snapshot())
+        changed = _changed(self._last, new)
+        self._last = new
+        if changed:
+            self.properties_changed.emit((FIRMWARE_INTERFACE, changed, []))
+
+    # --- properties ------------------------------------------------------------------------
+
+    @dbus_property_async("s", flags=_CHANGES)
+    def state(self) -> str:
+        return str(self._value("State"))
+
+    @dbus_property_async("i", flags=_CHANGES)
+    def progress(self) -> int:
+        return int(self._value("Progress"))
+
+    @dbus_property_async("s", flags=_CHANGES)
+    def last_error(self) -> str:
+        return str(self._value("LastError"))
+
+    @dbus_property_async("i", flags=_CHANGES)
+    def request_id(self) -> int:
+        return int(self._value("RequestId"))
+
+    @dbus_property_async("s", flags=_CHANGES)
+    def location(self) -> str:
+        return str(self._value("Location"))
+
+    @dbus_property_async("s", flags=_CHANGES)
+    def backend(self) -> str:
+        return str(self._value("Backend"))
+
+    # --- methods ---------------------------------------------------------------------------
+
+    @dbus_method_async("s", input_args_names=("path",))
+    async def install_file(self, path: str) -> None:
+        with dbus_errors("InstallFile"):
+            if not path.startswith("/"):
+                raise InvalidArgument(f"{path!r}: give an absolute path")
+            try:
+                await self._manager.install_local(Path(path))
+            except ValueError as exc:
+                raise InvalidArgument(str(exc)) from exc
+            except Exception as exc:
+                if _is_busy(exc):
+                    raise InvalidState(str(exc) or "a firmware update is in progress") from exc
+                raise

@@ -1,7 +1,8 @@
 """Exporting evsed's API on D-Bus: the bus connection, the objects, the well-known name.
 
 `export()` connects to the system bus (or the bus at `bus_address`), exports
-/org/evsed/Station, one /org/evsed/Evse/<id> per EVSE and, only with simulated hardware,
+/org/evsed/Station (with org.evsed.Firmware1 next to Station1 when a firmware manager is
+given), one /org/evsed/Evse/<id> per EVSE and, only with simulated hardware,
 /org/evsed/Simulator, then requests the name `org.evsed`. `DbusService.close()` undoes all of
 it: vendor registrations are dropped, objects unexported, the name released, the bus closed.
 """
@@ -16,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from sdbus import SdBus, sd_bus_open_system
 
-from service.dbus.interfaces import EvseInterface, SimulatorInterface, StationInterface
+from service.dbus.interfaces import (
+    EvseInterface,
+    FirmwareInterface,
+    FirmwareManagerLike,
+    SimulatorInterface,
+    StationInterface,
+)
 from service.dbus.vendors import DEFAULT_VENDOR_TIMEOUT_S
 from service.station.api import FrameSource, SimulatorApi, StationApi
 
@@ -80,11 +87,13 @@ class DbusService:
         station: StationInterface,
         evses: dict[int, EvseInterface],
         simulator: SimulatorInterface | None,
+        firmware: FirmwareInterface | None = None,
     ) -> None:
         self.bus = bus
         self.station = station
         self.evses = evses
         self.simulator = simulator
+        self.firmware = firmware
         self._handles: list[DbusExportHandle] = []
         self._slots: list[SdBusSlot] = []
         self._name_owned = False
@@ -105,6 +114,16 @@ class DbusService:
             evse.refresh()
         except Exception:
             log.exception("emitting the change of %s failed", evse_id or "the station")
+
+    def on_firmware_change(self, *_args: object) -> None:
+        """The firmware manager's `on_change` callback: emit Firmware1's PropertiesChanged.
+        Never raises."""
+        if self.closed or self.firmware is None:
+            return
+        try:
+            self.firmware.refresh()
+        except Exception:
+            log.exception("emitting the firmware change failed")
 
     def on_frame(self, direction: str, frame: str) -> None:
         """The `FrameSource.on_frame` callback: emit Station1.OcppFrame. Never raises."""
@@ -130,6 +149,8 @@ class DbusService:
             )
         )
         self._handles.append(self.station.export_to_dbus(STATION_PATH, self.bus))
+        if self.firmware is not None:
+            self._handles.append(self.firmware.export_to_dbus(STATION_PATH, self.bus))
         for evse_id, evse in self.evses.items():
             self._handles.append(evse.export_to_dbus(evse_path(evse_id), self.bus))
         if self.simulator is not None:
@@ -170,6 +191,7 @@ async def export(
     *,
     bus_address: str | None = None,
     vendor_timeout_s: float = DEFAULT_VENDOR_TIMEOUT_S,
+    firmware: FirmwareManagerLike | None = None,
 ) -> DbusService:
     """Export `api` (and `simulator` when given) as `org.evsed` on the bus.
 
@@ -177,6 +199,7 @@ async def export(
     When `api` is also a `FrameSource`, every OCPP frame is emitted as Station1.OcppFrame and
     the recent ones are served by Station1.RecentFrames.
     `vendor_timeout_s` bounds the wait for a registered client's AnswerDataTransfer.
+    `firmware` (the firmware manager) adds org.evsed.Firmware1 on /org/evsed/Station.
     Raises sdbus errors when the bus cannot be reached or the name is owned by another process.
     """
     bus = open_bus(bus_address)
@@ -186,7 +209,8 @@ async def export(
         station = StationInterface(api, vendor_timeout_s, frames)
         evses = {evse_id: EvseInterface(api, evse_id) for evse_id in api.evse_ids()}
         sim = SimulatorInterface(simulator) if simulator is not None else None
-        service = DbusService(bus, station, evses, sim)
+        fw = FirmwareInterface(firmware) if firmware is not None else None
+        service = DbusService(bus, station, evses, sim, fw)
         await service._start()
     except BaseException:
         if service is not None:
@@ -201,6 +225,8 @@ async def export(
     api.on_change(service.on_api_change)
     if frames is not None:
         frames.on_frame(service.on_frame)
+    if firmware is not None:
+        firmware.on_change(service.on_firmware_change)
     log.info(
         "D-Bus: %s exported (%d EVSE%s%s)",
         BUS_NAME,

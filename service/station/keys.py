@@ -275,7 +275,7 @@ _SPECS: tuple[KeySpec, ...] = (
     ),
     _csl(
         "SupportedFeatureProfiles",
-        "Core,RemoteTrigger",  # what is implemented; grows with each profile
+        "Core,FirmwareManagement,RemoteTrigger",  # what is implemented; grows with each profile
         FEATURE_PROFILES,
         len(FEATURE_PROFILES),
         "feature profiles this charge point implements",

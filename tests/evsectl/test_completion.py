@@ -80,7 +80,7 @@ def test_commands_actions_and_options_complete(shell: str, tmp_path: Path) -> No
         "evsectl --bus ": "system session",
         "evsectl --bus unix:path=/nowhere evse 2 d": "disable",
         "evsectl completion ": "bash zsh",
-        "evsectl firmware ": "status",
+        "evsectl firmware ": "status install",
         "evsectl evse 1 start --id-tag ": "",
         # no daemon on the system bus here: dynamic words are simply absent, no error
         "evsectl config get ": "",

@@ -232,7 +232,8 @@ async def test_128_evses(csms: TestCsms, daemons: list[DaemonProcess], tmp_path:
     conf = await csms.call(CP, "GetConfiguration", {"key": ["NumberOfConnectors",
                                                             "SupportedFeatureProfiles"]})
     assert {k["key"]: k["value"] for k in conf["configurationKey"]} == {
-        "NumberOfConnectors": "128", "SupportedFeatureProfiles": "Core,RemoteTrigger"}
+        "NumberOfConnectors": "128",
+        "SupportedFeatureProfiles": "Core,FirmwareManagement,RemoteTrigger"}
     assert await daemon.stop() == 0
 
 

@@ -2,12 +2,14 @@
 
 TriggerMessage answers first and then sends the requested message through the engine's
 trigger lane, which is allowed even while the boot is Pending. Diagnostics and firmware status
-are Idle: nothing of the kind is in progress (those profiles are not implemented yet, and a
-trigger must report the true state). A connector that does not exist is Rejected.
+report the true current state, given by the firmware managers (Idle when nothing runs; see
+service/ocpp/v16/firmware.py). A connector that does not exist is Rejected. `trigger()` is
+shared with ExtendedTriggerMessage.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from service.ocpp.rpc import Call, JsonDict, OcppVersion
@@ -77,42 +79,75 @@ def meter_payload(station: Station, connector_id: int, timestamp: str) -> JsonDi
     return payload
 
 
-def install(engine: Engine, station: Station | None = None) -> None:
+StatusSource = Callable[[], JsonDict]
+
+
+def trigger(
+    engine: Engine,
+    station: Station | None,
+    requested: str,
+    connector: int | None,
+    *,
+    firmware_status: StatusSource | None = None,
+    diagnostics_status: StatusSource | None = None,
+) -> str:
+    """Send the message a TriggerMessage (or ExtendedTriggerMessage) asks for; returns the
+    answer's status: Accepted, Rejected or NotImplemented."""
+    if (
+        station is not None
+        and connector is not None
+        and connector != 0
+        and (connector not in station.evses)
+    ):
+        return "Rejected"
+    if requested in ("BootNotification", "Heartbeat"):
+        engine.trigger(requested, {})
+    elif requested == "FirmwareStatusNotification":
+        engine.trigger(requested, firmware_status() if firmware_status else {"status": "Idle"})
+    elif requested == "DiagnosticsStatusNotification":
+        engine.trigger(
+            requested, diagnostics_status() if diagnostics_status else {"status": "Idle"}
+        )
+    elif station is None:
+        return "NotImplemented"
+    elif requested == "StatusNotification":
+        ids = [connector] if connector is not None else [0, *station.evses]
+        for cid in ids:
+            engine.trigger(requested, status_payload(station, cid, engine.timestamp()))
+    elif requested == "MeterValues":
+        ids = [connector] if connector else list(station.evses)
+        sent = False
+        for cid in ids:
+            payload = meter_payload(station, cid, engine.timestamp())
+            if payload is not None:
+                engine.trigger(requested, payload)
+                sent = True
+        if not sent:
+            return "Rejected"
+    else:
+        return "NotImplemented"
+    return "Accepted"
+
+
+def install(
+    engine: Engine,
+    station: Station | None = None,
+    *,
+    firmware_status: StatusSource | None = None,
+    diagnostics_status: StatusSource | None = None,
+) -> None:
+    """Register TriggerMessage; `firmware_status` / `diagnostics_status` give the true current
+    status payloads (Idle when nothing runs, or when not given)."""
+
     def trigger_message(call: Call) -> JsonDict:
-        requested = call.payload["requestedMessage"]
-        connector = call.payload.get("connectorId")
-        if (
-            station is not None
-            and connector is not None
-            and connector != 0
-            and (connector not in station.evses)
-        ):
-            return {"status": "Rejected"}
-        if requested in ("BootNotification", "Heartbeat"):
-            engine.trigger(requested, {})
-        elif (
-            requested == "DiagnosticsStatusNotification"
-            or requested == "FirmwareStatusNotification"
-        ):
-            engine.trigger(requested, {"status": "Idle"})
-        elif station is None:
-            return {"status": "NotImplemented"}
-        elif requested == "StatusNotification":
-            ids = [connector] if connector is not None else [0, *station.evses]
-            for cid in ids:
-                engine.trigger(requested, status_payload(station, cid, engine.timestamp()))
-        elif requested == "MeterValues":
-            ids = [connector] if connector else list(station.evses)
-            sent = False
-            for cid in ids:
-                payload = meter_payload(station, cid, engine.timestamp())
-                if payload is not None:
-                    engine.trigger(requested, payload)
-                    sent = True
-            if not sent:
-                return {"status": "Rejected"}
-        else:
-            return {"status": "NotImplemented"}
-        return {"status": "Accepted"}
+        status = trigger(
+            engine,
+            station,
+            call.payload["requestedMessage"],
+            call.payload.get("connectorId"),
+            firmware_status=firmware_status,
+            diagnostics_status=diagnostics_status,
+        )
+        return {"status": status}
 
     engine.register(OcppVersion.V16, "TriggerMessage", trigger_message)
