@@ -18,19 +18,32 @@ from hal.interfaces import EvseHardware, MeterError, PilotState
 from hal.registry import HardwareConfigError, build_evse_hardware
 from hal.sim.evse import FaultKind, SimulatedEvse
 from service.control import LocalControl, SimulatorControl
+from service.firmware.manager import FirmwareManager
+from service.firmware.uploads import DiagnosticsManager
 from service.ocpp.engine import Engine
+from service.ocpp.rpc import OcppVersion
 from service.ocpp.v16 import configuration as v16_configuration
 from service.ocpp.v16 import core as v16_core
+from service.ocpp.v16 import firmware as v16_firmware
 from service.ocpp.v16.remote import Remote
 from service.ocpp.v16.transactions import V16StationLink
+from service.ocpp.v201 import device_model as v201_device_model
+from service.ocpp.v201 import reports as v201_reports
+from service.ocpp.v201.link import V201StationLink
+from service.ocpp.v201.remote import V201Remote
+from service.ocpp.versions import VersionDispatcher
+from service.security_events import LOG_NAME as SECURITY_LOG_NAME
+from service.security_events import SecurityEvents
 from service.station.api import ApiError, InvalidArgument, VendorHandler
 from service.station.auth import AuthorizationCache, Authorizer, AuthSettings
+from service.station.availability import AvailabilityMemory
 from service.station.clock import Clock
 from service.station.configuration import Configuration
 from service.station.model import ERROR_CODES
 from service.station.sessions import SessionStore
 from service.station.station import Station
 from service.store.db import Database
+from service.store.overlay import KeyValueState
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -80,14 +93,65 @@ class Charger:
             time=engine.time,
             timestamp=engine.timestamp,
         )
+        # ChangeAvailability survives a restart (both OCPP versions, and D-Bus).
+        self.availability = AvailabilityMemory(db, self.station)
+        self.availability.restore()
+        self.station.on_change(self.availability.station_changed)
         self.link = V16StationLink(engine, self.station)
         self.station.attach(self.link)
         self.vendors: dict[str, VendorHandler] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        v16_core.install(engine, self.station)
+        self._setup_firmware(settings, db, engine)
+        v16_core.install(
+            engine,
+            self.station,
+            firmware_status=lambda: v16_firmware.firmware_status_payload(self.firmware),
+            diagnostics_status=lambda: v16_firmware.diagnostics_status_payload(self.diagnostics),
+        )
+        self.firmware_v16 = v16_firmware.FirmwareHandlers(
+            engine,
+            self.firmware,
+            self.diagnostics,
+            core_trigger=lambda requested, connector: v16_core.trigger(
+                engine, self.station, requested, connector
+            ),
+        )
         v16_configuration.install(engine, cfg, on_change=self._config_changed)
+        # The 2.0.1 device model: shared settings are the 1.6 keys above (one setting).
+        self.device_model = v201_device_model.DeviceModel(
+            settings,
+            db,
+            cfg,
+            station=self.station,
+            now_iso=engine.now_iso,
+            config_changed=self._config_changed,
+            clock=clock,
+        )
+        v201_device_model.install(engine, self.device_model)
+        v201_reports.install(engine, self.device_model)
         self.remote = Remote(engine, self.station, request_reset=request_reset, spawn=self._spawn)
         self.remote.vendors = self.vendors
+        # OCPP 2.0.1 transactions and remote control; the station's listener is the link of
+        # the version the connection negotiated (service/ocpp/versions.py).
+        self.link201 = V201StationLink(
+            engine,
+            self.station,
+            db,
+            self.device_model,
+            connectors={e.id: tuple(c.id for c in e.connectors) for e in settings.evses},
+        )
+        self.links = VersionDispatcher(
+            engine,
+            self.station,
+            {OcppVersion.V16: self.link, OcppVersion.V201: self.link201},
+            KeyValueState(db),
+            preferred=OcppVersion.from_subprotocol(settings.csms.ocpp_versions[0]),
+        )
+        self.station.attach(self.links)
+        self.remote201 = V201Remote(
+            engine, self.station, self.link201, request_reset=request_reset, spawn=self._spawn
+        )
+        self.remote201.vendors = self.vendors
         self.control = LocalControl(
             settings,
             self.station,
@@ -97,6 +161,8 @@ class Charger:
             configuration=cfg,
             config_changed=self._config_changed,
         )
+        self.control.firmware_status = lambda: self.firmware.state.value
+        self.firmware.on_change(self.control.notify_station)
         self.simulator = SimulatorControl(self.simulators, websocket) if self.simulators else None
         if self.simulator is not None:
             self._bridge_faults(self.simulator)
@@ -112,6 +178,30 @@ class Charger:
                 ("reader", hardware.token_reader),
             ):
                 device.on_fault(self._fault_callback(evse_id, source))
+
+    def _setup_firmware(self, settings: Settings, db: Database, engine: Engine) -> None:
+        """Security events, firmware updates and log uploads (`charger.firmware` is what the
+        D-Bus firmware interface serves)."""
+        installer = None
+        if settings.firmware.backend != "none":
+            from service.firmware.installer import make_installer
+
+            installer = make_installer(settings.firmware)
+        state = settings.paths.state_directory
+        self.security = SecurityEvents(state / SECURITY_LOG_NAME, engine)
+        self.firmware = FirmwareManager(
+            db=db,
+            engine=engine,
+            station=self.station,
+            settings=settings.firmware,
+            state_directory=state,
+            installer=installer,
+            security=self.security,
+            station_call=self._input,
+        )
+        self.diagnostics = DiagnosticsManager(
+            db=db, engine=engine, settings=settings, security_log=self.security.path
+        )
 
     def _pilot_callback(self, evse_id: int) -> Callable[[PilotState], None]:
         def changed(state: PilotState) -> None:
@@ -230,6 +320,9 @@ class Charger:
         for evse in self.settings.evses:
             self.station.evses[evse.id].controller.dc_voltage_v = evse.dc_voltage_v
         self.station.start()
+        self.links.start()  # 2.0.1 transactions a power cut left open end now
+        self.firmware.start()  # continues an update a restart (or its reboot) interrupted
+        self.diagnostics.start()
         self._spawn(self._meter_loop())
         self._spawn(self._station_timer())
         if self.settings.dbus.enabled:
@@ -249,12 +342,16 @@ class Charger:
         try:
             if bus == "session" and not address:
                 raise RuntimeError("DBUS_SESSION_BUS_ADDRESS is not set")
-            self._dbus = await export(self.control, simulator, bus_address=address)
+            self._dbus = await export(
+                self.control, simulator, bus_address=address, firmware=self.firmware
+            )
         except Exception as exc:
             # The charger must charge without its local API; say so loudly and go on.
             log.error("D-Bus API not available on the %s bus: %s", bus, exc)
 
     async def stop(self) -> None:
+        await self.firmware.close()
+        await self.diagnostics.close()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

@@ -25,6 +25,14 @@ Rules this module owns (see README "Delivery rules"):
   message is dropped with an error log; a non-transaction message is dropped after its first
   CALLERROR. Retries wait TransactionMessageRetryInterval x attempts.
 * After a reconnect the queue resumes after MessageQueueResumeDelay.
+* A queued message is sent only under the OCPP version it was made for. The queue has no
+  version column, so `enqueue` records the version inside the stored payload under the
+  reserved key VERSION_KEY (no OCPP field starts with "@"), which is removed before the
+  message goes on the wire. A message of the other version reaching the head of the queue
+  (the CSMS negotiated another version since it was queued) is dropped with an error log and
+  a "queue-drop" event: it can never be valid on this connection, and holding it would block
+  every later message. Rows without the key (queued before versions were recorded) are sent
+  as they are.
 """
 
 from __future__ import annotations
@@ -59,6 +67,8 @@ log = logging.getLogger("evsed.ocpp")
 
 
 TIME_MARKER = "@mono:"
+#: Reserved key of a stored payload naming the OCPP version it was made for (see above).
+VERSION_KEY = "@ocppVersion"
 
 
 def _has_marker(value: Any) -> bool:
@@ -113,6 +123,8 @@ class OutboundQueue(Protocol):
     def complete(
         self, seq: int, *, tx_ref: str | None = None, csms_transaction_id: str | int | None = None
     ) -> None: ...
+    def count(self, kind: Literal["transaction", "other"]) -> int: ...
+    def has_pending_start(self, tx_ref: str, *, action: str = ...) -> bool: ...
     def __len__(self) -> int: ...
 
 
@@ -234,6 +246,9 @@ class Engine:
         self._listeners: list[Callable[[str, Mapping[str, Any]], None]] = []
         self._dispatching = False
         self._last_version: OcppVersion | None = None
+        #: The version messages are made for while no connection was made yet in this run
+        #: (the last negotiated one, remembered by the station link dispatcher).
+        self.fallback_version: OcppVersion | None = None
         self._generation = 0  # counts connections; answers for a closed one are dropped
         #: Called when frames were produced outside receive()/tick() (deferred answers).
         self.wakeup: Callable[[], None] | None = None
@@ -294,15 +309,28 @@ class Engine:
         self._triggered.clear()
 
     # ---------------------------------------------------------------- outbound API
+    @property
+    def active_version(self) -> OcppVersion | None:
+        """The version of the connection, else of the last one, else `fallback_version`."""
+        return self.version or self._last_version or self.fallback_version
+
     def enqueue(
-        self, action: str, payload: JsonDict, *, transaction: bool, tx_ref: str | None = None
+        self,
+        action: str,
+        payload: JsonDict,
+        *,
+        transaction: bool,
+        tx_ref: str | None = None,
+        version: OcppVersion | None = None,
     ) -> str:
         """Persist a message for in-order delivery; returns its (permanent) message id.
 
-        Raises ValueError when the payload breaks the current version's schema: a message the
-        CSMS must reject is refused here, before it is stored.
+        `version` (default `active_version`) is the OCPP version the message is made for: it
+        is sent only on a connection of that version. Raises ValueError when the payload
+        breaks that version's schema: a message the CSMS must reject is refused here, before
+        it is stored.
         """
-        version = self.version or self._last_version
+        version = version or self.active_version
         if self.options.validate_outbound and version is not None:
             checked = payload
             if tx_ref is not None and payload.get("transactionId", 0) is None:
@@ -310,6 +338,8 @@ class Engine:
                 checked = {**payload, "transactionId": 0}
             self._check_outbound(version, action, checked)
         message_id = self._new_id()
+        if version is not None:
+            payload = {**payload, VERSION_KEY: version.value}
         self._queue.append(
             message_id,
             action,
@@ -709,6 +739,22 @@ class Engine:
         if head is None or now < self._queue_retry_at.get(head.seq, 0.0):
             return None
         payload = head.payload
+        made_for = payload.get(VERSION_KEY)
+        if made_for is not None and self.version is not None and made_for != self.version.value:
+            log.error(
+                "dropping %s: it was queued for OCPP %s and this connection speaks OCPP %s",
+                head.action,
+                made_for,
+                self.version.value,
+                extra=log_fields(
+                    action=head.action, message_id=head.message_id, transaction_id=head.tx_ref
+                ),
+            )
+            self._queue.remove(head.seq)
+            self._emit(
+                "queue-drop", action=head.action, message_id=head.message_id, version=made_for
+            )
+            return self._next_queued(now)
         if _has_marker(payload):
             resolved = self._resolve_times(payload)
             if resolved is None:
@@ -728,6 +774,8 @@ class Engine:
             self._queue.remove(head.seq)
             self._emit("queue-drop", action=head.action, message_id=head.message_id)
             return self._next_queued(now)
+        if VERSION_KEY in payload:
+            payload = {k: v for k, v in payload.items() if k != VERSION_KEY}
         return _Outgoing(
             head.message_id, head.action, payload, "queue", seq=head.seq, tx_ref=head.tx_ref
         )
@@ -776,6 +824,16 @@ class Engine:
     @property
     def queue_length(self) -> int:
         return len(self._queue)
+
+    def transaction_messages_queued(
+        self, tx_ref: str | None = None, *, action: str = "TransactionEvent"
+    ) -> bool:
+        """True while transaction messages wait in the durable queue (the one in flight
+        included: it leaves the queue when answered): those of `tx_ref` (`action` only), or
+        of any transaction when `tx_ref` is None (GetTransactionStatus)."""
+        if tx_ref is None:
+            return self._queue.count("transaction") > 0
+        return self._queue.has_pending_start(tx_ref, action=action)
 
 
 def _fields(

@@ -50,7 +50,8 @@ class StationSnapshot:
     ocpp_version: str  # "1.6" | "2.0.1" | "" when disconnected
     registration: str  # "Unknown" | "Pending" | "Accepted" | "Rejected"
     queued_messages: int
-    # "Idle": no firmware update in progress (updates arrive with a later issue)
+    # The firmware update state (service.firmware.manager.FirmwareState): "Idle" when no update
+    # ever ran, else the state of the last one ("Downloading", ..., "Installed", a failure).
     firmware_status: str = "Idle"
 
 

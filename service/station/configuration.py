@@ -9,6 +9,7 @@ an upgrade) is dropped with a warning rather than stopping the charger.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,7 @@ class Configuration:
     def __init__(self, settings: Settings, overlay: ConfigOverlay, *, clock: Clock) -> None:
         self._overlay = overlay
         self._clock = clock
+        self._listeners: list[Callable[[str], None]] = []
         self._values: dict[str, KeyValue] = {n: s.default for n, s in OCPP_KEY_CATALOG.items()}
         self._values["NumberOfConnectors"] = sum(len(e.connectors) for e in settings.evses)
         self._values["WebSocketPingInterval"] = settings.csms.ping_interval_s
@@ -83,9 +85,21 @@ class Configuration:
         self._store(spec, value)
         return ChangeStatus.REBOOT_REQUIRED if spec.reboot_required else ChangeStatus.ACCEPTED
 
+    def subscribe(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(key)` after every stored change, whoever made it (1.6
+        ChangeConfiguration, 2.0.1 SetVariables, D-Bus, the BootNotification interval)."""
+        self._listeners.append(listener)
+
     def _store(self, spec: KeySpec, value: KeyValue) -> None:
         self._overlay.set(spec.name, format_key_value(value), self._clock.time())
+        changed = self._values.get(spec.name) != value
         self._values[spec.name] = value
+        if changed:
+            for listener in self._listeners:
+                try:
+                    listener(spec.name)
+                except Exception:
+                    log.exception("configuration listener failed on %s", spec.name)
 
     # -- typed accessors the engine reads (service.ocpp.engine.Settings protocol) --
     def _int(self, name: str) -> int:

@@ -632,6 +632,16 @@ class Station:
             raise InvalidState(f"EVSE {evse_id} has no session")
         self._stop(evse, StopReason.LOCAL)
 
+    def stop_session(self, evse_id: int, reason: StopReason) -> bool:
+        """End the EVSE's session for `reason` (a transaction is stopped, an authorization not
+        yet used is cancelled); False when the EVSE has none. For protocol rules that end a
+        session the station would keep (2.0.1 TxStopPoint)."""
+        evse = self.evse(evse_id)
+        if evse.session is None:
+            return False
+        self._stop(evse, reason)
+        return True
+
     def stop_all(self, reason: StopReason) -> int:
         count = 0
         for evse in self.evses.values():
@@ -678,6 +688,22 @@ class Station:
             self._stop(evse, StopReason.UNLOCK_COMMAND)
         evse.hardware.pilot.set_locked(False)
         return "Unlocked"
+
+    def wanted_availability(self, evse_id: int) -> Availability:
+        """What ChangeAvailability last asked of the station (0) or an EVSE: a change still
+        scheduled behind a transaction counts (a restart ends the transaction)."""
+        if evse_id == 0:
+            return self._scheduled_station or self.station_availability
+        evse = self.evse(evse_id)
+        return evse.scheduled_availability or evse.availability
+
+    def restore_availability(self, evse_id: int, availability: Availability) -> None:
+        """Before `start`: the availability a previous run was asked for (persisted by
+        service/station/availability.py)."""
+        if evse_id == 0:
+            self.station_availability = availability
+        elif evse_id in self.evses:
+            self.evses[evse_id].availability = availability
 
     def has_transaction(self, evse_id: int | None = None) -> bool:
         evses = self.evses.values() if evse_id is None else [self.evse(evse_id)]

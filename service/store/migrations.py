@@ -79,9 +79,32 @@ CREATE TABLE sessions (
 );
 """
 
+# Version 3: the OCPP 2.0.1 device model's own values (service/ocpp/v201/device_model.py).
+# One row per set attribute of a variable that exists only in 2.0.1; values shared with 1.6
+# stay in config_overlay under their 1.6 key (one setting, two names). A component or variable
+# without an instance, or without an EVSE / connector, stores '' / 0 (the key columns are NOT
+# NULL so the primary key really is unique).
+_V3 = """
+CREATE TABLE device_model_values (
+    component           TEXT    NOT NULL,
+    component_instance  TEXT    NOT NULL DEFAULT '',
+    evse_id             INTEGER NOT NULL DEFAULT 0,
+    connector_id        INTEGER NOT NULL DEFAULT 0,
+    variable            TEXT    NOT NULL,
+    variable_instance   TEXT    NOT NULL DEFAULT '',
+    attribute           TEXT    NOT NULL DEFAULT 'Actual'
+                        CHECK (attribute IN ('Actual', 'Target', 'MinSet', 'MaxSet')),
+    value               TEXT    NOT NULL,
+    updated_at          REAL    NOT NULL,
+    PRIMARY KEY (component, component_instance, evse_id, connector_id,
+                 variable, variable_instance, attribute)
+);
+"""
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, _V1),
     (2, _V2),
+    (3, _V3),
 ]
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

@@ -1,7 +1,7 @@
 """OCPP 2.0.1 block B pieces the runtime needs: BootNotification content, TriggerMessage.
 
 F06.FR.17: a TriggerMessage for BootNotification after the boot was Accepted is Rejected.
-Targets the charger cannot produce yet are answered NotImplemented.
+The other targets are service/ocpp/v201/remote.py's (NotImplemented without a station).
 """
 
 from __future__ import annotations
@@ -28,17 +28,27 @@ def boot_payload(identity: Identity, reason: str = "PowerUp") -> JsonDict:
     return {"reason": reason, "chargingStation": station}
 
 
+def trigger_registration(engine: Engine, registered: Callable[[], bool], requested: str) -> str:
+    """TriggerMessage for BootNotification / Heartbeat: the answer's status (F06.FR.17: a
+    BootNotification after the boot was Accepted is Rejected); NotImplemented otherwise."""
+    if requested == "BootNotification":
+        if registered():
+            return "Rejected"
+        engine.trigger(requested, {})
+        return "Accepted"
+    if requested == "Heartbeat":
+        engine.trigger(requested, {})
+        return "Accepted"
+    return "NotImplemented"
+
+
 def install(engine: Engine, registered: Callable[[], bool]) -> None:
+    """TriggerMessage for an engine without a station; the charger replaces it with the full
+    one of service/ocpp/v201/remote.py, which delegates these two messages here."""
+
     def trigger_message(call: Call) -> JsonDict:
-        requested = call.payload["requestedMessage"]
-        if requested == "BootNotification":
-            if registered():
-                return {"status": "Rejected"}
-            engine.trigger(requested, {})
-            return {"status": "Accepted"}
-        if requested == "Heartbeat":
-            engine.trigger(requested, {})
-            return {"status": "Accepted"}
-        return {"status": "NotImplemented"}
+        return {
+            "status": trigger_registration(engine, registered, call.payload["requestedMessage"])
+        }
 
     engine.register(OcppVersion.V201, "TriggerMessage", trigger_message)
