@@ -227,7 +227,9 @@ async def test_status_table_json_evse_and_firmware(
 
     firmware = await evsectl(*bus, "firmware", "status")
     assert firmware.code == 0
-    assert firmware.out.split() == ["Firmware", "0.1.0", "Update", "Idle"]
+    lines = dict(line.split(None, 1) for line in firmware.out.splitlines())
+    assert (lines["Firmware"], lines["Update"], lines["State"]) == ("0.1.0", "Idle", "Idle")
+    assert lines["Backend"] == "none" and lines["Request"] == "-"
     assert (await evsectl(*bus, "--json", "firmware")).json() == {
         "firmware_version": "0.1.0",
         "status": "Idle",
