@@ -230,10 +230,9 @@ async def test_status_table_json_evse_and_firmware(
     lines = dict(line.split(None, 1) for line in firmware.out.splitlines())
     assert (lines["Firmware"], lines["Update"], lines["State"]) == ("0.1.0", "Idle", "Idle")
     assert lines["Backend"] == "none" and lines["Request"] == "-"
-    assert (await evsectl(*bus, "--json", "firmware")).json() == {
-        "firmware_version": "0.1.0",
-        "status": "Idle",
-    }
+    document = (await evsectl(*bus, "--json", "firmware")).json()
+    assert document["firmware_version"] == "0.1.0" and document["status"] == "Idle"
+    assert (document["state"], document["progress"], document["backend"]) == ("Idle", 0, "none")
 
     unknown = await evsectl(*bus, "evse", "9")
     assert_one_error_line(unknown, 1, "no EVSE 9", "1, 2")
