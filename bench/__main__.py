@@ -19,7 +19,16 @@ from typing import Any
 
 from bench.common import RESULTS, machine, machine_line
 
-ORDER = ("roundtrip", "startup", "idle", "offline_queue", "hwloop", "smart_charging", "memory")
+ORDER = (
+    "roundtrip",
+    "startup",
+    "idle",
+    "offline_queue",
+    "hwloop",
+    "smart_charging",
+    "firmware",
+    "memory",
+)
 
 MB = 1_000_000
 
