@@ -145,6 +145,8 @@ class FirmwareManager:
         self._job: FirmwareJob | None = None
         self._task: asyncio.Task[None] | None = None
         self._resumed: FirmwareState | None = None  # the state a restart found the job in
+        #: This run started after the reboot of an installation (BootNotification reason).
+        self.booted_for_update = False
         self._cancel = threading.Event()  # tells a download thread to give up
         self._listeners: list[Callable[[], None]] = []
         self._station_changed = asyncio.Event()
@@ -198,6 +200,7 @@ class FirmwareManager:
         self._cleanup(keep=job)
         if job.state in FINAL_STATES:
             return
+        self.booted_for_update = job.state is FirmwareState.INSTALL_REBOOTING
         self._resumed = job.state
         log.warning(
             "resuming the firmware update from %s after a restart (%s)",

@@ -298,7 +298,9 @@ async def test_reboot_then_restart_reports_installed_once(
     assert rig.availability(1) is Availability.INOPERATIVE  # still taken until the reboot
     rig.crash()
     after = make_rig(installer=installer_for(tmp_path, reboot=True, confirm="exit 0"))
+    assert not after.manager.booted_for_update
     after.manager.start()
+    assert after.manager.booted_for_update  # the 2.0.1 BootNotification says FirmwareUpdate
     await after.wait_state(FirmwareState.INSTALLED)
     assert after.csms.statuses() == ["Installed"]
     assert [p["type"] for _, p in after.csms.of("SecurityEventNotification")] == ["FirmwareUpdated"]
