@@ -18,18 +18,21 @@ from hal.interfaces import EvseHardware, MeterError, PilotState
 from hal.registry import HardwareConfigError, build_evse_hardware
 from hal.sim.evse import FaultKind, SimulatedEvse
 from service.control import LocalControl, SimulatorControl
-from service.firmware.manager import FirmwareManager
+from service.firmware.manager import INSTALL_STATES, FirmwareManager
 from service.firmware.uploads import DiagnosticsManager
 from service.ocpp.engine import Engine
 from service.ocpp.rpc import OcppVersion
 from service.ocpp.v16 import configuration as v16_configuration
 from service.ocpp.v16 import core as v16_core
 from service.ocpp.v16 import firmware as v16_firmware
+from service.ocpp.v16 import local_list as v16_local_list
 from service.ocpp.v16.remote import Remote
 from service.ocpp.v16.transactions import V16StationLink
 from service.ocpp.v201 import device_model as v201_device_model
+from service.ocpp.v201 import firmware as v201_firmware
 from service.ocpp.v201 import reports as v201_reports
 from service.ocpp.v201.link import V201StationLink
+from service.ocpp.v201.local_list import LocalListHandlers
 from service.ocpp.v201.remote import V201Remote
 from service.ocpp.versions import VersionDispatcher
 from service.security_events import LOG_NAME as SECURITY_LOG_NAME
@@ -39,6 +42,7 @@ from service.station.auth import AuthorizationCache, Authorizer, AuthSettings
 from service.station.availability import AvailabilityMemory
 from service.station.clock import Clock
 from service.station.configuration import Configuration
+from service.station.local_list import LocalAuthList
 from service.station.model import ERROR_CODES
 from service.station.sessions import SessionStore
 from service.station.station import Station
@@ -81,8 +85,14 @@ class Charger:
                 self.simulators[evse.id] = sim
             connector = evse.connectors[0]
             topology[evse.id] = (hardware, connector.max_current_a, connector.phases)
+        # The Local Authorization List: one for both OCPP versions, consulted before the cache.
+        self.local_list = LocalAuthList(
+            db, max_entries=lambda: int(cfg.get("LocalAuthListMaxLength"))
+        )
         self.authorizer = Authorizer(
-            AuthorizationCache(db), lambda: AuthSettings.from_configuration(cfg)
+            AuthorizationCache(db),
+            lambda: AuthSettings.from_configuration(cfg),
+            local_list=self.local_list,
         )
         self.station = Station(
             hardware=topology,
@@ -117,6 +127,7 @@ class Charger:
             ),
         )
         v16_configuration.install(engine, cfg, on_change=self._config_changed)
+        v16_local_list.install(engine, self.local_list, cfg)
         # The 2.0.1 device model: shared settings are the 1.6 keys above (one setting).
         self.device_model = v201_device_model.DeviceModel(
             settings,
@@ -152,6 +163,25 @@ class Charger:
             engine, self.station, self.link201, request_reset=request_reset, spawn=self._spawn
         )
         self.remote201.vendors = self.vendors
+        # B12: no Reset while a firmware update installs (the reboot comes from the update).
+        self.remote201.reset_refusal = lambda: (
+            f"firmware update {self.firmware.state.value}"
+            if self.firmware.state in INSTALL_STATES
+            else None
+        )
+        self.local_list_v201 = LocalListHandlers(
+            engine,
+            self.local_list,
+            self.device_model,
+            remember_type=self.link201.remember_token_type,
+        )
+        # 2.0.1 UpdateFirmware / GetLog on the same managers as 1.6 (origin "ocpp2.0.1").
+        self.firmware_v201 = v201_firmware.FirmwareHandlers(
+            engine,
+            self.firmware,
+            self.diagnostics,
+            trigger_sources=self.remote201.trigger_sources,
+        )
         self.control = LocalControl(
             settings,
             self.station,

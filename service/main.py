@@ -34,8 +34,9 @@ from service.charger import Charger
 from service.config import DEFAULT_CONFIG_PATH, EX_CONFIG, ConfigError, Settings, load_settings
 from service.journal import LogEvent, log_fields, setup_logging
 from service.msglog import MessageLog
-from service.ocpp.engine import Engine, EngineOptions
+from service.ocpp.engine import Engine, EngineOptions, Registration
 from service.ocpp.rpc import OcppVersion
+from service.ocpp.v201 import network as v201_network
 from service.ocpp.v201 import provisioning as v201_provisioning
 from service.sdnotify import Notifier
 from service.station.api import NotAvailable
@@ -43,13 +44,14 @@ from service.station.clock import Clock, SystemClock
 from service.station.configuration import Configuration
 from service.station.model import StopReason
 from service.store.db import Database, StoreError
-from service.store.overlay import ConfigOverlay
+from service.store.overlay import ConfigOverlay, KeyValueState
 from service.store.queue import DurableQueue
 from service.transport.backoff import Backoff
 from service.transport.connection import ConnectionManager, ConnectionProfile
 
 EX_CANTCREAT = 73
 DATABASE_NAME = "evsed.db"
+BOOT_REASON_KEY = "boot.reason"  # kv: why the next run starts (2.0.1 BootReasonEnumType)
 
 log = logging.getLogger("evsed")
 
@@ -90,6 +92,11 @@ class Daemon:
         )
         self.queue = DurableQueue(db, max_other=settings.queue.max_non_transaction_messages)
         self.configuration = Configuration(settings, ConfigOverlay(db), clock=self.clock)
+        # Why this run started, for the 2.0.1 BootNotification: a Reset leaves RemoteReset
+        # behind for the next run; the reboot of a firmware installation is FirmwareUpdate.
+        self._kv = KeyValueState(db)
+        self.boot_reason = self._kv.get(BOOT_REASON_KEY) or "PowerUp"
+        self._kv.delete(BOOT_REASON_KEY)
         self.engine = Engine(
             queue=self.queue,
             clock=self.clock,
@@ -118,12 +125,27 @@ class Daemon:
             wake_engine=self.kick,
             on_configuration=self.configuration_changed,
         )
+        # OCPP 2.0.1 network connection profiles (B09 / B10); a 1.6-only charger has none.
+        self.network: v201_network.NetworkProfiles | None = None
+        if "ocpp2.0.1" in settings.csms.ocpp_versions:
+            self.network = v201_network.NetworkProfiles(
+                settings,
+                db,
+                self.charger.device_model,
+                engine=self.engine,
+                ping_interval_s=self._ping_interval,
+            )
+            v201_network.install(self.engine, self.network)
+        self.offline = v201_network.OfflineMonitor(
+            self.clock, self.charger.device_model, self.charger.link201.report_all_statuses
+        )
         csms = settings.csms
         self.manager = ConnectionManager(
             connection_profile(settings, self._ping_interval()),
             Backoff(csms.backoff_min_s, csms.backoff_max_s, csms.backoff_randomization),
             on_connected=self._serve,
             on_state=self._on_link_state,
+            chooser=self.network,
         )
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
@@ -152,7 +174,8 @@ class Daemon:
             from service.ocpp.v16 import core as v16_core
 
             return v16_core.boot_payload(self.settings.identity)
-        return v201_provisioning.boot_payload(self.settings.identity)
+        reason = "FirmwareUpdate" if self.charger.firmware.booted_for_update else self.boot_reason
+        return v201_provisioning.boot_payload(self.settings.identity, reason)
 
     def _registered(self) -> bool:
         return self.engine.registration.value == "Accepted"
@@ -200,6 +223,7 @@ class Daemon:
         """Reset: the station already stopped its transactions; deliver what can be
         delivered, then stop so main() restarts the process."""
         self.restart_requested = True
+        self._kv.set(BOOT_REASON_KEY, "RemoteReset")
         self._reset_task = asyncio.get_running_loop().create_task(self._reset_soon(kind))
 
     async def _reset_soon(self, kind: str) -> None:
@@ -287,7 +311,18 @@ class Daemon:
     async def _serve(self, connection: ClientConnection, subprotocol: str) -> None:
         version = OcppVersion.from_subprotocol(subprotocol)
         self._connection = connection
+        switched = self.network is not None and self.network.take_switched()
+        if switched:
+            # B10.FR.10: another network profile, maybe another CSMS: register again.
+            self.engine.registration = Registration.UNKNOWN
         self.engine.connection_opened(version)
+        if switched:  # ...and tell it every status (queued: they follow the boot)
+            if version is OcppVersion.V201:
+                self.charger.link201.report_all_statuses()
+            else:
+                self.charger.station.report_all()
+        else:
+            self.offline.connection_opened(version)
         log.info(
             "connected with OCPP %s", version.value, extra=log_fields(event=LogEvent.CONNECTED)
         )
@@ -311,6 +346,7 @@ class Daemon:
                 await timer
             self._connection = None
             self.engine.connection_closed()
+            self.offline.connection_closed()
             log.info(
                 "disconnected (close code %s)",
                 connection.close_code,

@@ -61,7 +61,13 @@ class SecurityEngine(Protocol):
     def timestamp(self) -> str: ...
     def now_iso(self) -> str | None: ...
     def enqueue(
-        self, action: str, payload: dict[str, Any], *, transaction: bool, tx_ref: str | None = ...
+        self,
+        action: str,
+        payload: dict[str, Any],
+        *,
+        transaction: bool,
+        tx_ref: str | None = ...,
+        any_version: bool = ...,
     ) -> str: ...
     def request(
         self,
@@ -188,7 +194,7 @@ class SecurityEvents:
 
     def _enqueue(self, payload: dict[str, Any]) -> None:
         try:
-            self._engine.enqueue(ACTION, payload, transaction=False)
+            self._engine.enqueue(ACTION, payload, transaction=False, any_version=True)
         except Exception as exc:  # a full disk or a schema problem must not stop the caller
             log.error("security event %s not queued for the CSMS: %s", payload["type"], exc)
 

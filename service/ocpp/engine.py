@@ -15,15 +15,19 @@ Rules this module owns (see README "Delivery rules"):
   durable queue in strict FIFO order, then a Heartbeat when the link has been quiet for
   HeartbeatInterval.
 * While the registration is not Accepted nothing but BootNotification and triggered messages
-  is sent. A Pending registration waits for the CSMS (TriggerMessage) and does not resend
-  BootNotification unprompted; a Rejected one retries after the interval the CSMS gave. A boot
+  is sent. A Pending registration waits for the CSMS (TriggerMessage) and, under 1.6, does not
+  resend BootNotification unprompted (under 2.0.1, B02, it does after the interval the CSMS
+  gave); a Rejected one retries after the interval the CSMS gave. A boot
   that times out is retried after `call_timeout_s`.
 * A queued message keeps its message id for life: a retry after a timeout, a reconnect or a
   restart reuses it, so a late CALLRESULT is still matched and the CSMS can recognise a
-  duplicate. A timeout is not an attempt (the CSMS did not process the message); a CALLERROR
+  duplicate. A timeout is not an attempt (the CSMS did not process the message), except for a
+  transaction message under 2.0.1 (E13.FR.01: not answered within MessageTimeout); a CALLERROR
   or an unusable CALLRESULT is. After TransactionMessageAttempts failed attempts a transaction
   message is dropped with an error log; a non-transaction message is dropped after its first
-  CALLERROR. Retries wait TransactionMessageRetryInterval x attempts.
+  CALLERROR. Retries wait TransactionMessageRetryInterval x attempts. Exception: a
+  CALLERROR SecurityError (the CSMS does not count the charger as registered) is no attempt;
+  the charger sends BootNotification again and then the message, once per connection.
 * After a reconnect the queue resumes after MessageQueueResumeDelay.
 * A queued message is sent only under the OCPP version it was made for. The queue has no
   version column, so `enqueue` records the version inside the stored payload under the
@@ -250,6 +254,9 @@ class Engine:
         #: (the last negotiated one, remembered by the station link dispatcher).
         self.fallback_version: OcppVersion | None = None
         self._generation = 0  # counts connections; answers for a closed one are dropped
+        #: A SecurityError to a queued message made the charger register again on this
+        #: connection (see _reregister_on_security_error).
+        self._reregistered = False
         #: Called when frames were produced outside receive()/tick() (deferred answers).
         self.wakeup: Callable[[], None] | None = None
         # Identifies this process run; time markers from another run cannot be resolved.
@@ -277,6 +284,7 @@ class Engine:
 
     def connection_opened(self, version: OcppVersion) -> None:
         self._generation += 1
+        self._reregistered = False
         self.version = version
         self._last_version = version
         now = self._clock.monotonic()
@@ -322,20 +330,27 @@ class Engine:
         transaction: bool,
         tx_ref: str | None = None,
         version: OcppVersion | None = None,
+        any_version: bool = False,
     ) -> str:
         """Persist a message for in-order delivery; returns its (permanent) message id.
 
         `version` (default `active_version`) is the OCPP version the message is made for: it
-        is sent only on a connection of that version. Raises ValueError when the payload
-        breaks that version's schema: a message the CSMS must reject is refused here, before
-        it is stored.
+        is sent only on a connection of that version. `any_version`: the payload is valid
+        under every version (checked against each), so it goes out on whichever connection
+        comes next (SecurityEventNotification). Raises ValueError when the payload breaks that
+        version's schema: a message the CSMS must reject is refused here, before it is stored.
         """
         version = version or self.active_version
-        if self.options.validate_outbound and version is not None:
-            checked = payload
-            if tx_ref is not None and payload.get("transactionId", 0) is None:
-                # The placeholder the queue patches once the CSMS id is known (1.6).
-                checked = {**payload, "transactionId": 0}
+        checked = payload
+        if tx_ref is not None and payload.get("transactionId", 0) is None:
+            # The placeholder the queue patches once the CSMS id is known (1.6).
+            checked = {**payload, "transactionId": 0}
+        if any_version:
+            if self.options.validate_outbound:
+                for each in OcppVersion:
+                    self._check_outbound(each, action, checked)
+            version = None
+        elif self.options.validate_outbound and version is not None:
             self._check_outbound(version, action, checked)
         message_id = self._new_id()
         if version is not None:
@@ -485,11 +500,34 @@ class Engine:
                 )
                 return
             self._succeeded(current, frame.payload)
-        else:
+        elif not self._reregister_on_security_error(current, frame):
             self._failed(
                 current,
                 Outcome(current.action, error_code=frame.code, error_description=frame.description),
             )
+
+    def _reregister_on_security_error(self, item: _Outgoing, frame: CallError) -> bool:
+        """A CALLERROR SecurityError to a queued message means the CSMS does not (or no longer)
+        count this charger as registered (OCPP 2.0.1 Part 2 FR.04: "the CSMS did not accept the
+        BootNotificationRequest"; e.g. it restarted and lost its state). The message was not
+        processed, so it is not an attempt: register again and send it again afterwards, with
+        the same id. Once per connection: a SecurityError after that new registration is a
+        failure like any other, so a CSMS that refuses one message for good cannot make the
+        charger boot in a loop. True when handled so."""
+        if frame.code != ErrorCode.SECURITY_ERROR.value or item.source != "queue":
+            return False
+        if self._reregistered or item.seq is None:
+            return False
+        self._reregistered = True
+        log.warning(
+            "CSMS answered %s with SecurityError (%s): registering again before resending it",
+            item.action,
+            frame.description,
+            extra=log_fields(action=item.action, message_id=item.unique_id),
+        )
+        self.registration = Registration.UNKNOWN
+        self._boot_due = self._clock.monotonic()
+        return True
 
     def _retry_head_later(self) -> None:
         head = self._queue.head()
@@ -618,8 +656,12 @@ class Engine:
             if interval > 0:
                 self._settings.set_heartbeat_interval(interval)
             self._queue_resume_at = max(self._queue_resume_at, now)
+        elif status is Registration.PENDING and self.version is OcppVersion.V201:
+            # B02: the interval is the wait before the next BootNotification (a
+            # TriggerMessage(BootNotification) may ask for it sooner).
+            self._boot_due = now + (interval if interval > 0 else self.options.boot_retry_default_s)
         elif status is Registration.PENDING:
-            self._boot_due = None  # wait for TriggerMessage(BootNotification)
+            self._boot_due = None  # 1.6: wait for TriggerMessage(BootNotification)
         else:
             wait = interval if interval > 0 else self.options.boot_retry_default_s
             self._boot_due = now + wait
@@ -647,6 +689,11 @@ class Engine:
             )
             if item.source == "boot":
                 self._boot_due = now + self.options.call_timeout_s
+            elif item.seq is not None and self._timeout_is_attempt(item.seq):
+                self._queue_failed(
+                    item,
+                    Outcome(item.action, error_code="Timeout", error_description="no response"),
+                )
             elif item.seq is not None:
                 # Not an attempt: the CSMS did not process it. Same id, later.
                 self._queue_retry_at[item.seq] = (
@@ -656,6 +703,15 @@ class Engine:
                 item, Outcome(item.action, error_code="Timeout", error_description="no response")
             )
         self._pump()
+
+    def _timeout_is_attempt(self, seq: int) -> bool:
+        """OCPP 2.0.1 E13.FR.01: a transaction message the CSMS did not answer within
+        MessageTimeout failed like one answered with a CALLERROR (an attempt of
+        OCPPCommCtrlr.MessageAttempts). Under 1.6 a timeout is no attempt."""
+        if self.version is not OcppVersion.V201:
+            return False
+        head = self._queue.head()
+        return head is not None and head.seq == seq and head.kind == "transaction"
 
     def next_deadline(self) -> float | None:
         """Monotonic time at which `tick` has something to do (None: nothing scheduled)."""

@@ -8,6 +8,7 @@ ChargePoint runtime).
 Error-code mapping (the same for both versions, spelled as each version spells it):
 
 * frame is not JSON                          -> FormationViolation / FormatViolation
+  (also JSON nested too deeply for the parser)
 * not an array, wrong arity, id not a string -> 1.6 ProtocolError / RpcFrameworkError
 * unknown MessageTypeId                      -> 1.6 ProtocolError / MessageTypeNotSupported
 * payload not a JSON object                    -> FormationViolation / FormatViolation
@@ -120,6 +121,8 @@ class Call:
     unique_id: str
     action: str
     payload: JsonDict
+    #: Bytes of the frame as it came over the wire (UTF-8); 0 for a Call not parsed from one.
+    size: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +143,15 @@ Frame = Call | CallResult | CallError
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate (a CSMS may send "\ud800", which Python decodes as such) cannot
+            # go into a UTF-8 websocket frame; escaped, the same string is valid JSON.
+            text = json.dumps(value, separators=(",", ":"), default=_json_default)
+    return text
 
 
 def _json_default(value: Any) -> Any:
@@ -188,6 +199,9 @@ def parse_frame(text: str | bytes) -> Frame:
         message = json.loads(text, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RpcError(ErrorCode.FORMAT_VIOLATION, f"frame is not valid JSON: {exc}") from None
+    except RecursionError:
+        # Arrays or objects nested thousands deep: no OCPP message is like that.
+        raise RpcError(ErrorCode.FORMAT_VIOLATION, "frame is nested too deeply") from None
     if not isinstance(message, list) or not message:
         raise RpcError(ErrorCode.RPC_FRAMEWORK_ERROR, "frame is not a non-empty JSON array")
     type_id = message[0]
@@ -199,10 +213,14 @@ def parse_frame(text: str | bytes) -> Frame:
             unique_id=unique_id,
         )
     try:
-        return _parse_typed(message, type_id, unique_id)
+        frame = _parse_typed(message, type_id, unique_id)
     except RpcError as exc:
         exc.message_type = type_id
         raise
+    if isinstance(frame, Call):
+        size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "replace"))
+        return Call(frame.unique_id, frame.action, frame.payload, size)
+    return frame
 
 
 def _no_constant(name: str) -> Any:

@@ -26,6 +26,14 @@ Offline:
   ``LocalAuthorizeOffline`` is off): accepted only with ``AllowOfflineTxForUnknownId``, flagged
   ``unknown_offline`` so a later refusal in StartTransaction.conf can be acted on; else refused.
 
+Local Authorization List (1.6 section 3.5.3 / 2.0.1 C13, C14): when ``LocalAuthListEnabled``,
+the list (service/station/local_list.py) is consulted first and a listed token is decided by its
+list entry alone, never by the cache. The same rules as above apply to it, except that an
+Accepted entry used online with ``LocalPreAuthorize`` needs no refresh (the CSMS keeps the list
+up to date itself). Tokens on the list are not added to the cache. The group of a token (1.6
+parentIdTag, 2.0.1 groupIdToken), which lets a token of the same group end a session, is the
+list's when listed, else the cache's.
+
 Cache keys compare case-insensitively (1.6 IdToken is a CiString); the entry keeps the spelling
 it was last written with. A ConcurrentTx answer is not cached: it describes the transaction it
 came with, not the token. The cache is capped at ``max_entries``; beyond it the entries updated
@@ -38,10 +46,13 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from service.station.clock import format_iso, parse_iso
 from service.store.db import Database, StoreError
+
+if TYPE_CHECKING:
+    from service.station.local_list import LocalAuthList
 
 log = logging.getLogger("evsed.auth")
 
@@ -207,6 +218,7 @@ class LocalVerdict:
     reason: str  # short, for logs
     refresh: bool = False  # send an Authorize anyway, to refresh the cache
     unknown_offline: bool = False  # accepted only because of AllowOfflineTxForUnknownId
+    from_list: bool = False  # ``info`` is the Local Authorization List's entry
 
 
 class SupportsGet(Protocol):
@@ -221,6 +233,7 @@ class AuthSettings:
     local_pre_authorize: bool = False
     local_authorize_offline: bool = True
     allow_offline_tx_for_unknown_id: bool = False
+    local_auth_list_enabled: bool = True
 
     @classmethod
     def from_configuration(cls, cfg: SupportsGet) -> AuthSettings:
@@ -237,6 +250,7 @@ class AuthSettings:
             local_pre_authorize=flag("LocalPreAuthorize"),
             local_authorize_offline=flag("LocalAuthorizeOffline"),
             allow_offline_tx_for_unknown_id=flag("AllowOfflineTxForUnknownId"),
+            local_auth_list_enabled=flag("LocalAuthListEnabled"),
         )
 
 
@@ -248,17 +262,55 @@ class Authorizer:
     """
 
     def __init__(
-        self, cache: AuthorizationCache, settings_provider: Callable[[], AuthSettings]
+        self,
+        cache: AuthorizationCache,
+        settings_provider: Callable[[], AuthSettings],
+        *,
+        local_list: LocalAuthList | None = None,
     ) -> None:
         self._cache = cache
         self._settings = settings_provider
+        self._list = local_list
 
     @property
     def cache(self) -> AuthorizationCache:
         return self._cache
 
+    @property
+    def local_list(self) -> LocalAuthList | None:
+        return self._list
+
+    def list_enabled(self) -> bool:
+        """True when a Local Authorization List exists and ``LocalAuthListEnabled`` is on."""
+        return self._list is not None and self._settings().local_auth_list_enabled
+
+    def _listed(self, id_tag: str, now: float, settings: AuthSettings) -> IdTagInfo | None:
+        if self._list is None or not settings.local_auth_list_enabled:
+            return None
+        try:
+            return self._list.get(id_tag, now)
+        except StoreError as exc:
+            log.error("local list unreadable, treating %r as not listed: %s", id_tag, exc)
+            return None
+
+    def group_of(self, id_tag: str, now: float) -> str | None:
+        """The token's group (parentIdTag / groupIdToken) as known locally: list, then cache."""
+        settings = self._settings()
+        listed = self._listed(id_tag, now, settings)
+        if listed is not None:
+            return listed.parent_id_tag
+        try:
+            cached = self._cache.get(id_tag, now)
+        except StoreError as exc:
+            log.error("authorization cache unreadable, no group for %r: %s", id_tag, exc)
+            return None
+        return None if cached is None else cached.parent_id_tag
+
     def decide(self, id_tag: str, *, online: bool, now: float) -> LocalVerdict:
         settings = self._settings()
+        listed = self._listed(id_tag, now, settings)
+        if listed is not None:
+            return self._decide_listed(settings, listed, online=online)
         info: IdTagInfo | None = None
         if settings.authorization_cache_enabled:
             try:
@@ -270,6 +322,46 @@ class Authorizer:
         if online:
             return self._decide_online(settings, info)
         return self._decide_offline(settings, info)
+
+    @staticmethod
+    def _decide_listed(settings: AuthSettings, info: IdTagInfo, *, online: bool) -> LocalVerdict:
+        accepted = info.status is AuthStatus.ACCEPTED
+        if online:
+            if accepted and settings.local_pre_authorize:
+                return LocalVerdict(
+                    Decision.ACCEPT,
+                    info,
+                    "online, listed Accepted, LocalPreAuthorize",
+                    from_list=True,
+                )
+            why = "listed Accepted, no LocalPreAuthorize" if accepted else f"listed {info.status}"
+            return LocalVerdict(Decision.ASK_CSMS, info, f"online, {why}", from_list=True)
+        if not accepted:
+            return LocalVerdict(
+                Decision.REJECT, info, f"offline, listed {info.status}", from_list=True
+            )
+        if settings.local_authorize_offline:
+            return LocalVerdict(
+                Decision.ACCEPT,
+                info,
+                "offline, listed Accepted, LocalAuthorizeOffline",
+                from_list=True,
+            )
+        if settings.allow_offline_tx_for_unknown_id:
+            return LocalVerdict(
+                Decision.ACCEPT,
+                info,
+                "offline, listed Accepted but LocalAuthorizeOffline off, "
+                "AllowOfflineTxForUnknownId",
+                unknown_offline=True,
+                from_list=True,
+            )
+        return LocalVerdict(
+            Decision.REJECT,
+            info,
+            "offline, listed Accepted but LocalAuthorizeOffline off",
+            from_list=True,
+        )
 
     @staticmethod
     def _decide_online(settings: AuthSettings, info: IdTagInfo | None) -> LocalVerdict:
@@ -314,11 +406,15 @@ class Authorizer:
         """Remember the CSMS's answer (Authorize / StartTransaction / StopTransaction.conf).
 
         The CSMS's answer replaces whatever was cached. Nothing is stored while the cache is
-        disabled, nor for ConcurrentTx (a fact about a transaction, not about the token).
+        disabled, nor for ConcurrentTx (a fact about a transaction, not about the token), nor
+        for a token on the enabled Local Authorization List (1.6 section 3.5.3).
         """
-        if not self._settings().authorization_cache_enabled:
+        settings = self._settings()
+        if not settings.authorization_cache_enabled:
             return
         if info.status is AuthStatus.CONCURRENT_TX:
+            return
+        if self._listed(id_tag, now, settings) is not None:
             return
         try:
             self._cache.put(id_tag, info, now)

@@ -170,6 +170,20 @@ _SPECS: tuple[KeySpec, ...] = (
     ),
     _int("HeartbeatInterval", 300, 1, _DAY_S, "seconds of silence before a Heartbeat"),
     _int("LightIntensity", 100, 0, 100, "percent"),
+    # LocalAuthListManagement profile (service/station/local_list.py).
+    _bool(
+        "LocalAuthListEnabled",
+        True,
+        "use the Local Authorization List the CSMS sends (an empty list changes nothing)",
+    ),
+    _int(
+        "LocalAuthListMaxLength",
+        10_000,
+        1,
+        1_000_000,
+        "maximum entries in the Local Authorization List",
+        readonly=True,
+    ),
     _bool("LocalAuthorizeOffline", True, "authorize known idTags locally while offline"),
     _bool("LocalPreAuthorize", False, "start at once for locally known idTags while online"),
     _int(
@@ -233,6 +247,14 @@ _SPECS: tuple[KeySpec, ...] = (
         derived_from="the [[evse]] topology",
     ),
     _int("ResetRetries", 3, 0, 100, "times to retry a failed reset"),
+    _int(
+        "SendLocalListMaxLength",
+        100,
+        1,
+        10_000,
+        "maximum entries in one SendLocalList.req",
+        readonly=True,
+    ),
     _bool(
         "StopTransactionOnEVSideDisconnect",
         True,
@@ -275,7 +297,8 @@ _SPECS: tuple[KeySpec, ...] = (
     ),
     _csl(
         "SupportedFeatureProfiles",
-        "Core,FirmwareManagement,RemoteTrigger",  # what is implemented; grows with each profile
+        # what is implemented; grows with each profile
+        "Core,FirmwareManagement,LocalAuthListManagement,RemoteTrigger",
         FEATURE_PROFILES,
         len(FEATURE_PROFILES),
         "feature profiles this charge point implements",

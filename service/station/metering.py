@@ -71,6 +71,13 @@ SUPPORTED_MEASURANDS: frozenset[str] = frozenset(
     }
 )
 
+SOC = "SoC"
+
+#: Measurands a CSMS may configure (the valuesList of the OCPP 2.0.1 *Measurands variables; a
+#: SetVariables naming any other is Rejected): those `_samples` answers, and SoC, which only the
+#: EV knows (ISO 15118). This charger's IEC 61851 hardware never learns it, so SoC is skipped.
+MEASURABLE: frozenset[str] = SUPPORTED_MEASURANDS | {SOC}
+
 _PHASES = ("L1", "L2", "L3")
 _PHASES_TO_NEUTRAL = ("L1-N", "L2-N", "L3-N")
 _DAY_S = 86_400

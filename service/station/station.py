@@ -352,8 +352,8 @@ class Station:
         self._authorize(evse, id_tag, remote=False)
 
     def _parent_of(self, id_tag: str) -> str | None:
-        cached = self.authorizer.cache.get(id_tag, self._wall())
-        return None if cached is None else cached.parent_id_tag
+        # The group as known locally: the Local Authorization List first, then the cache.
+        return self.authorizer.group_of(id_tag, self._wall())
 
     def _evse_for_token(self, id_tag: str) -> _Evse:
         for evse in self.evses.values():

@@ -101,10 +101,31 @@ CREATE TABLE device_model_values (
 );
 """
 
+# Version 4: the Local Authorization List (service/station/local_list.py), one list for OCPP 1.6
+# and 2.0.1. id_token compares case-insensitively (both versions' idTokens are case-insensitive);
+# expiry is wall-clock unix seconds or NULL; token_type is the 2.0.1 IdTokenEnumType (NULL when
+# 1.6 sent it). The list's version number is the single row of local_auth_list_version, written
+# in the same transaction as the entries.
+_V4 = """
+CREATE TABLE local_auth_list (
+    id_token    TEXT NOT NULL COLLATE NOCASE PRIMARY KEY,
+    token_type  TEXT NULL,
+    status      TEXT NOT NULL,
+    expiry      REAL NULL,
+    group_id    TEXT NULL
+);
+
+CREATE TABLE local_auth_list_version (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    version     INTEGER NOT NULL
+);
+"""
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, _V1),
     (2, _V2),
     (3, _V3),
+    (4, _V4),
 ]
 
 LATEST_VERSION: int = MIGRATIONS[-1][0]

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (
@@ -325,6 +326,17 @@ OnState = Callable[[str, str], None]
 Sleep = Callable[[float], Awaitable[None]]
 
 
+class ProfileChooser(Protocol):
+    """Picks the profile of every attempt (OCPP 2.0.1 network profiles, B10); without one the
+    manager always uses its own profile."""
+
+    def next_profile(self) -> ConnectionProfile: ...
+
+    def attempt_failed(self, profile: ConnectionProfile, error: TransportError) -> None: ...
+
+    def connected(self, profile: ConnectionProfile) -> None: ...
+
+
 class ConnectionManager:
     """Keep one websocket connection to the CSMS open, reconnecting with backoff until stopped.
 
@@ -342,8 +354,10 @@ class ConnectionManager:
         on_state: OnState | None = None,
         sleep: Sleep = asyncio.sleep,
         stable_after_s: float = 30.0,
+        chooser: ProfileChooser | None = None,
     ) -> None:
         self._profile = profile
+        self._chooser = chooser
         self._stable_after_s = stable_after_s
         self._backoff = backoff
         self._on_connected = on_connected
@@ -419,18 +433,24 @@ class ConnectionManager:
                 await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def _attempt(self) -> None:
+        if self._chooser is not None:
+            self._profile = self._chooser.next_profile()
         profile = self._profile
         endpoint = profile.endpoint
         self._emit(LinkState.CONNECTING, endpoint)
         try:
             opened = await self._open_interruptibly(profile)
         except TransportError as exc:
+            if self._chooser is not None:
+                self._chooser.attempt_failed(profile, exc)
             await self._retry_later(f"cannot connect to {endpoint}", exc.reason, exc.message)
             return
         if opened is None:  # stop() or disconnect() came first
             return
         conn, subprotocol = opened
         self._skip_wait = False
+        if self._chooser is not None:
+            self._chooser.connected(profile)
         started = asyncio.get_running_loop().time()
         reason, detail = await self._session(conn, subprotocol, profile)
         # The backoff restarts only after a connection proved useful (it lasted, or the caller

@@ -233,7 +233,8 @@ async def test_128_evses(csms: TestCsms, daemons: list[DaemonProcess], tmp_path:
                                                             "SupportedFeatureProfiles"]})
     assert {k["key"]: k["value"] for k in conf["configurationKey"]} == {
         "NumberOfConnectors": "128",
-        "SupportedFeatureProfiles": "Core,FirmwareManagement,RemoteTrigger"}
+        "SupportedFeatureProfiles":
+            "Core,FirmwareManagement,LocalAuthListManagement,RemoteTrigger"}
     assert await daemon.stop() == 0
 
 

@@ -284,7 +284,11 @@ async def test_custom_reports(csms: TestCsms, daemons: list[DaemonProcess], tmp_
     answer = await csms.call(CP, "GetReport", {"requestId": 202, "componentCriteria": ["Enabled"]})
     assert answer == {"status": "Accepted"}
     entries = report_data(await collect_report(csms, 202, since))
-    assert {e["component"]["name"] for e in entries} == {"AuthCtrlr", "AuthCacheCtrlr"}
+    assert {e["component"]["name"] for e in entries} == {
+        "AuthCtrlr",
+        "AuthCacheCtrlr",
+        "LocalAuthListCtrlr",
+    }
 
     for request in (
         {"requestId": 203, "componentCriteria": ["Problem"]},

@@ -14,7 +14,13 @@ import pytest
 from service.dbus import BUS_NAME, STATION_PATH, StationInterface
 from service.dbus.server import open_bus
 from testcsms.server import CallErrorReceived, Received, TestCsms
-from tests.integration.conftest import DaemonProcess, busctl, evse_property, start_daemon
+from tests.integration.conftest import (
+    DaemonProcess,
+    busctl,
+    evse_property,
+    sim,
+    start_daemon,
+)
 from tests.integration.conftest import write_config as write_base_config
 from tests.integration.ev_script import CsmsSide, Ev, rfid_session
 
@@ -364,6 +370,44 @@ async def test_availability_unlock_trigger_cache_and_data_transfer(
     assert await daemon.stop() == 0
 
 
+async def test_lock_failure_blocks_charging_and_is_notified(
+    csms: TestCsms, daemons: list[DaemonProcess], tmp_path: Path, dbus_address: str
+) -> None:
+    """G05: the lock reports a failure: no charging, NotifyEvent ConnectorPlugRetentionLock
+    Problem=true (and false once it works again), the connector Faulted meanwhile."""
+    daemon = await started_daemon(csms, daemons, tmp_path, dbus_address)
+    ev = Ev(dbus_address)
+    await sim(dbus_address, "RaiseFault", "us", "1", "ConnectorLockFailure")
+    [problem] = await csms.wait_for("NotifyEvent")
+    [event] = problem.payload["eventData"]
+    assert event["component"] == {
+        "name": "ConnectorPlugRetentionLock",
+        "evse": {"id": 1, "connectorId": 1},
+    }
+    assert (event["variable"], event["actualValue"], event["trigger"]) == (
+        {"name": "Problem"},
+        "true",
+        "Delta",
+    )
+    await csms.wait_for(status_is("Faulted"))
+    await ev.plug()
+    await ev.present("CARD1")
+    await ev.ready()
+    await asyncio.sleep(1.0)
+    assert await ev.status() != "Charging"
+    assert not any(e["chargingState"] == "Charging" for e in map(transaction_info, events(csms)))
+    await sim(dbus_address, "ClearFault", "u", "1")
+    [_, cleared] = await csms.wait_for("NotifyEvent", count=2)
+    [event] = cleared.payload["eventData"]
+    assert (event["actualValue"], event["cleared"]) == ("false", True)
+    assert event["eventId"] != problem.payload["eventData"][0]["eventId"]
+    assert await daemon.stop() == 0
+
+
+def transaction_info(payload: dict[str, Any]) -> dict[str, Any]:
+    return {"chargingState": "", **payload.get("transactionInfo", {})}
+
+
 async def test_reset_on_idle_with_a_running_transaction(
     csms: TestCsms, daemons: list[DaemonProcess], tmp_path: Path, dbus_address: str
 ) -> None:
@@ -382,7 +426,8 @@ async def test_reset_on_idle_with_a_running_transaction(
     await ev.unplug()
     [ended] = await csms.wait_for(event_is("Ended"))
     assert ended.payload["triggerReason"] == "EVCommunicationLost"
-    await csms.wait_for("BootNotification", count=2, timeout=20)  # the daemon restarted
+    boots = await csms.wait_for("BootNotification", count=2, timeout=20)  # it restarted
+    assert [b.payload["reason"] for b in boots] == ["PowerUp", "RemoteReset"]
     assert daemon.process.returncode is None
     assert len(events(csms)) == len({e["seqNo"] for e in events(csms)})
     assert await daemon.stop() == 0

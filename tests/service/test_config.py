@@ -591,6 +591,9 @@ def test_catalog_has_every_core_key_with_spec_accessibility() -> None:
         "NumberOfConnectors",
         "SupportedFeatureProfiles",
         *(name for name in CORE_KEYS if name.endswith("MaxLength")),
+        # LocalAuthListManagement profile
+        "LocalAuthListMaxLength",
+        "SendLocalListMaxLength",
     }
     assert OCPP_KEY_CATALOG["HeartbeatInterval"].default == 300
     assert OCPP_KEY_CATALOG["TransactionMessageAttempts"].default == 3

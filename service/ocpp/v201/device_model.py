@@ -421,6 +421,11 @@ class DeviceModel:
             return _Refusal("Rejected", "ReadOnly", f"{entry.variable} is read-only")
         if isinstance(source, Unwritable):
             return _Refusal("Rejected", "UnsupportedParam", source.reason)
+        if not raw.isascii():
+            try:
+                raw.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate ("\ud800" in the JSON)
+                return _Refusal("Rejected", "InvalidValue", "value is not valid Unicode text")
         size = self.get_int("DeviceDataCtrlr", "ConfigurationValueSize")
         try:
             value = normalize(
@@ -492,7 +497,10 @@ class DeviceModel:
                 ErrorCode.OCCURRENCE_CONSTRAINT_VIOLATION,
                 f"{items} items in one {call.action}; ItemsPerMessage[{instance}] is {most}",
             )
-        size = len(encode_call(call.unique_id, call.action, call.payload).encode("utf-8"))
+        # The frame as it came over the wire; re-encoded when it did not (a Call made locally).
+        size = call.size or len(
+            encode_call(call.unique_id, call.action, call.payload).encode("utf-8")
+        )
         most_bytes = self.limit("BytesPerMessage", instance)
         if size > most_bytes:
             raise RpcError(

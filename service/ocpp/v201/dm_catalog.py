@@ -10,8 +10,8 @@ Names follow OCPP 2.0.1 Part 2 appendix 3 (the `ocpp` library's ControllerCompon
   changes through `DeviceModel.on_change` (TxCtrlr.TxStartPoint / TxStopPoint, the Tx* meter
   value settings, OfflineThreshold: the 2.0.1 station link).
 * Where the charger has no behaviour behind a variable the specification lets the CSMS change
-  (network profile priority, time source, authorization on/off, features not implemented:
-  local list, reservations, smart charging), the variable is ReadOnly with the value that is
+  (time source, authorization on/off, features not implemented:
+  reservations, smart charging), the variable is ReadOnly with the value that is
   true of this charger, rather than accepting a write that would change nothing. Optional
   variables of features the charger does not have (AuthCtrlr.MasterPassGroupId, the
   AuthCacheCtrlr's LifeTime / Policy / Storage) are left out: asked for, they are unknown.
@@ -42,8 +42,10 @@ from service.ocpp.v201.dm_types import (
     Unwritable,
     VariableSpec,
 )
+from service.station import metering
 from service.station.keys import MAX_VALUE_LENGTH, MEASURANDS, OCPP_KEY_CATALOG
 from service.station.model import Availability, ConnectorStatus
+from service.store.db import StoreError
 
 RO = Mutability.READ_ONLY
 RW = Mutability.READ_WRITE
@@ -57,15 +59,21 @@ ITEMS_PER_MESSAGE = 32
 BYTES_PER_MESSAGE = 16384
 CONFIGURATION_VALUE_SIZE = 1000  # SetVariableData.attributeValue is at most 1000 characters
 REPORTING_VALUE_SIZE = 2500  # GetVariableResult.attributeValue / VariableAttribute.value
+LOCAL_LIST_BYTES_PER_MESSAGE = 65536  # LocalAuthListCtrlr.BytesPerMessage (SendLocalList)
 
-# Measurands both versions know: a shared list must be valid under either name.
+# Measurands both versions know (a shared list must be valid under either name) and that this
+# charger can measure (service/station/metering.py MEASURABLE): any other is Rejected (J01/J02).
 MEASURANDS_201: tuple[str, ...] = tuple(
-    str(m.value) for m in ocpp_enums("v201").MeasurandEnumType if str(m.value) in MEASURANDS
+    str(m.value)
+    for m in ocpp_enums("v201").MeasurandEnumType
+    if str(m.value) in MEASURANDS and str(m.value) in metering.MEASURABLE
 )
 AVAILABILITY_STATES = ("Available", "Occupied", "Reserved", "Unavailable", "Faulted")
 TX_POINTS = ("EVConnected", "Authorized", "PowerPathClosed", "EnergyTransfer")
 TIME_SOURCES = ("Heartbeat", "NTP", "GPS", "RealTimeClock", "MobileNetwork", "RadioTimeTransmitter")
 FILE_TRANSFER_PROTOCOLS = ("FTP", "FTPS", "HTTP", "HTTPS")
+# SetNetworkProfile configuration slots (OCPPCommCtrlr.NetworkConfigurationPriority values).
+NETWORK_SLOTS: tuple[int, ...] = (0, 1, 2, 3)
 
 _OCCUPIED = frozenset(
     {
@@ -386,6 +394,53 @@ def _device_data() -> list[VariableSpec]:
     return specs
 
 
+def _local_list_entries(ctx: Context, component: ComponentKey) -> str | None:
+    """How many tokens the Local Authorization List holds (service/station/local_list.py)."""
+    station = ctx.station
+    local_list = None if station is None else station.authorizer.local_list
+    if local_list is None:
+        return None
+    try:
+        return str(len(local_list))
+    except StoreError:
+        return None
+
+
+def _local_list_capacity(ctx: Context, component: ComponentKey) -> Characteristics:
+    most = ctx.configuration.get("LocalAuthListMaxLength")
+    return _int(None, 0, most if isinstance(most, int) else None)
+
+
+def _local_auth_list() -> list[VariableSpec]:
+    """D01/D02 and C13-C15: the list is one for both versions, its settings the 1.6 keys."""
+    ctrlr = "LocalAuthListCtrlr"
+    return [
+        _fixed_bool(ctrlr, "Available", True),
+        shared(ctrlr, "Enabled", "LocalAuthListEnabled"),
+        VariableSpec(
+            component=ctrlr,
+            name="Entries",
+            characteristics=_local_list_capacity,
+            attributes=(AttributeSpec(ACTUAL, RO, Live(_local_list_entries)),),
+            description="tokens in the list; maxLimit: the most it holds "
+            "(the 1.6 key LocalAuthListMaxLength)",
+        ),
+        shared(
+            ctrlr,
+            "ItemsPerMessage",
+            "SendLocalListMaxLength",
+            description="most entries in one SendLocalList (the 1.6 key SendLocalListMaxLength)",
+        ),
+        _fixed(
+            ctrlr,
+            "BytesPerMessage",
+            _int("B", 1, LOCAL_LIST_BYTES_PER_MESSAGE),
+            str(LOCAL_LIST_BYTES_PER_MESSAGE),
+            "most bytes in one SendLocalList",
+        ),
+    ]
+
+
 def _build() -> tuple[VariableSpec, ...]:
     comm = "OCPPCommCtrlr"
     specs: list[VariableSpec] = [
@@ -415,19 +470,26 @@ def _build() -> tuple[VariableSpec, ...]:
         ),
         shared(comm, "MessageAttempts", "TransactionMessageAttempts", instance="TransactionEvent"),
         shared(comm, "MinimumStatusDuration", "MinimumStatusDuration", unit="s"),
-        _fixed(
+        _one(
             comm,
             "NetworkConfigurationPriority",
-            Characteristics(DataType.SEQUENCE_LIST, max_limit=MAX_VALUE_LENGTH, values_list=("1",)),
-            "1",
-            "one network profile: slot 1 is the [csms] table (B09/B10 not implemented)",
+            Characteristics(
+                DataType.SEQUENCE_LIST,
+                max_limit=MAX_VALUE_LENGTH,
+                values_list=tuple(str(slot) for slot in NETWORK_SLOTS),
+            ),
+            Stored("0"),
+            mutability=RW,
+            reboot_required=True,
+            description="network profile slots to try, in order, from the next restart "
+            "(service/ocpp/v201/network.py); slot 0 is the [csms] table until set",
         ),
-        _fixed(
+        _stored(
             comm,
             "NetworkProfileConnectionAttempts",
-            _int(None, 1, 1),
-            "1",
-            "one network profile: the charger keeps retrying it (B10 fallback not implemented)",
+            _int(None, 1, 100),
+            "3",
+            "connection attempts per network profile before the next one is tried",
         ),
         _stored(
             comm,
@@ -509,10 +571,9 @@ def _build() -> tuple[VariableSpec, ...]:
         # ---------------------------------------------------------------- AuthCacheCtrlr
         _fixed_bool("AuthCacheCtrlr", "Available", True),
         shared("AuthCacheCtrlr", "Enabled", "AuthorizationCacheEnabled"),
+        # ---------------------------------------------------------------- LocalAuthListCtrlr
+        *_local_auth_list(),
         # ------------------------------------------- features this charger does not have yet
-        _fixed_bool("LocalAuthListCtrlr", "Available", False),
-        _fixed_bool("LocalAuthListCtrlr", "Enabled", False),
-        _fixed("LocalAuthListCtrlr", "Entries", _int(None, 0, 0), "0"),
         _fixed_bool("ReservationCtrlr", "Available", False),
         _fixed_bool("ReservationCtrlr", "Enabled", False),
         _fixed_bool("SmartChargingCtrlr", "Available", False),

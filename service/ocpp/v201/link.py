@@ -10,9 +10,13 @@ A 2.0.1 transaction is this module's idea, laid over the station's session:
   TxCtrlr.TxStartPoint decides which of four conditions opens the 2.0.1 transaction, the first
   one to become true: EVConnected (the cable), Authorized (a session is authorized),
   PowerPathClosed (the station started its transaction) or EnergyTransfer (the EVSE charges).
-  TxCtrlr.TxStopPoint lists the conditions whose end ends it. When the transaction ends on the
-  cable (EVConnected) while the station still has a session (StopTxOnEVSideDisconnect false),
-  or on the end of energy transfer, the station's session is stopped as well; when the station
+  TxCtrlr.TxStopPoint lists the conditions whose end ends it; a transaction with nothing left
+  (no cable, no session: unplugged before any authorization, EVConnectionTimeOut without a
+  cable) ends whatever TxStopPoint lists, as nothing later could end it. When the transaction
+  ends on the cable (EVConnected) while the station still has a session
+  (StopTxOnEVSideDisconnect false), or on the end of energy transfer (Ended ChargingStateChanged
+  / StoppedByEV, chargingState EVConnected), the station's session is stopped as well (first,
+  so that the Ended event carries its end meter values); when the station
   stops a session while the transaction outlives it (TxStopPoint EVConnected alone), an Updated
   event tells the CSMS and the Ended event follows at unplug with the stop reason kept.
 * The transaction id is the charger's: a uuid4, unique across reboots, known at once (no
@@ -85,6 +89,7 @@ log = logging.getLogger("evsed.ocpp.v201")
 V201 = OcppVersion.V201
 TX_KEY_PREFIX = "ocpp201.tx."
 DEFAULT_TOKEN_TYPE = "ISO14443"
+EVENT_ID_KEY = "ocpp201.event_id"  # kv: the last NotifyEvent eventId
 
 
 class DeviceSettings(Protocol):
@@ -139,6 +144,7 @@ class V201StationLink:
         self._remote: dict[int, _RemoteStart] = {}
         self._expected_stop: dict[int, tuple[str, str]] = {}
         self._token_types: dict[str, str] = {}
+        self._lock_problem: dict[int, bool] = {}  # G05: ConnectorPlugRetentionLock.Problem
         self._load()
         engine.subscribe(self._on_engine_event)
 
@@ -245,12 +251,41 @@ class V201StationLink:
     ) -> None:
         if evse_id == 0 or evse_id not in self.connectors:
             return
+        lock_problem = error_code == "ConnectorLockFailure"
+        if lock_problem != self._lock_problem.get(evse_id, False):
+            self._lock_problem[evse_id] = lock_problem
+            self._lock_event(evse_id, lock_problem, info, timestamp)
         state = availability_state(status)
         if self._reported.get(evse_id) == state:
             return
         self._reported[evse_id] = state
         for payload in self.status_payloads(evse_id, timestamp, state=state):
             self.engine.enqueue("StatusNotification", payload, transaction=False, version=V201)
+
+    def _lock_event(self, evse_id: int, problem: bool, info: str, timestamp: str) -> None:
+        """G05: the connector lock failed (or works again). The station does not charge while
+        the fault lasts (the charging controller's rules); the CSMS learns it from a
+        NotifyEvent on ConnectorPlugRetentionLock.Problem, queued like a status."""
+        event_id = int(self._kv.get(EVENT_ID_KEY) or "0") % 2**31 + 1
+        self._kv.set(EVENT_ID_KEY, str(event_id))
+        event: JsonDict = {
+            "eventId": event_id,
+            "timestamp": timestamp,
+            "trigger": "Delta",
+            "actualValue": "true" if problem else "false",
+            "component": {
+                "name": "ConnectorPlugRetentionLock",
+                "evse": {"id": evse_id, "connectorId": self.connectors[evse_id][0]},
+            },
+            "variable": {"name": "Problem"},
+            "eventNotificationType": "HardWiredNotification",
+        }
+        if problem:
+            event["techInfo"] = (info or "connector lock failure")[:500]
+        else:
+            event["cleared"] = True
+        payload: JsonDict = {"generatedAt": timestamp, "seqNo": 0, "eventData": [event]}
+        self.engine.enqueue("NotifyEvent", payload, transaction=False, version=V201)
 
     def status_payloads(
         self,
@@ -273,6 +308,18 @@ class V201StationLink:
             }
             for connector in ids
         ]
+
+    def report_all_statuses(self) -> None:
+        """Queue a StatusNotification for every connector, changed or not (back online after
+        more than OCPPCommCtrlr.OfflineThreshold: service/ocpp/v201/network.py)."""
+        timestamp = self.engine.timestamp()
+        for evse_id in self.connectors:
+            if evse_id not in self.station.evses:
+                continue
+            state = availability_state(self.station.status_of(evse_id)[0])
+            self._reported[evse_id] = state
+            for payload in self.status_payloads(evse_id, timestamp, state=state):
+                self.engine.enqueue("StatusNotification", payload, transaction=False, version=V201)
 
     def id_token(self, id_tag: str) -> dict[str, str]:
         return {"idToken": id_tag, "type": self._token_types.get(id_tag, DEFAULT_TOKEN_TYPE)}
@@ -319,7 +366,12 @@ class V201StationLink:
             return
         trigger, stopped = STOP_REASONS.get(reason, ("AbnormalCondition", "Other"))
         expected = self._expected_stop.pop(tx.evse_id, None)
-        if expected is not None and reason in (StopReason.REMOTE, StopReason.LOCAL):
+        if expected is not None and reason in (
+            StopReason.REMOTE,
+            StopReason.LOCAL,
+            StopReason.OTHER,
+            StopReason.EV_DISCONNECTED,
+        ):
             trigger, stopped = expected
         values = ended_values(
             transaction_data,
@@ -466,11 +518,20 @@ class V201StationLink:
         evse_id = tx.evse_id
         session = self.station.evses[evse_id].session
         ending = falling & self.stop_points()
+        # Nothing holds any more (no cable, no session): whatever TxStopPoint lists, no later
+        # change could end the transaction, so it ends now (e.g. TxStartPoint EVConnected,
+        # TxStopPoint Authorized, unplugged before any authorization).
+        nothing_left = not now.true and session is None
         if AUTHORIZED in falling and session is None and before.session_id == tx.session_id:
             # The session ended before (or without) a station transaction: no
             # transaction_stopped told why.
             why = self._cancel_reason(evse_id, before)
-            if AUTHORIZED in ending or ENERGY_TRANSFER in ending or POWER_PATH_CLOSED in ending:
+            if (
+                AUTHORIZED in ending
+                or ENERGY_TRANSFER in ending
+                or POWER_PATH_CLOSED in ending
+                or nothing_left
+            ):
                 self._ended(tx, why[0], why[1], tx.ended_values, timestamp=timestamp)
                 return
             tx.stopped_reason = why[1]
@@ -482,19 +543,26 @@ class V201StationLink:
                 charging_state=self._charging_state(evse_id, now),
             )
             return
-        if EV_CONNECTED in ending or (ENERGY_TRANSFER in ending and session is not None):
+        cable_gone = EV_CONNECTED in ending or (EV_CONNECTED in falling and nothing_left)
+        if cable_gone or (ENERGY_TRANSFER in ending and session is not None):
             why = (
                 ("EVCommunicationLost", tx.stopped_reason or "EVDisconnected")
-                if EV_CONNECTED in ending
+                if cable_gone
                 else ("ChargingStateChanged", "StoppedByEV")
             )
-            self._ended(tx, why[0], why[1], tx.ended_values, timestamp=timestamp)
-            if session is not None and session.session_id == tx.session_id:
-                # The transaction is over: so is the station's session (its power path).
-                self.station.stop_session(
-                    evse_id,
-                    StopReason.EV_DISCONNECTED if EV_CONNECTED in ending else StopReason.OTHER,
-                )
+            ours = session is not None and session.session_id == tx.session_id
+            stop = StopReason.EV_DISCONNECTED if EV_CONNECTED in ending else StopReason.OTHER
+            if ours and session is not None and session.started:
+                # The transaction is over: so is the station's session (its power path). The
+                # station stops it first, so the Ended event (transaction_stopped, with the
+                # reason expected here) carries its end meter values.
+                self._expected_stop[evse_id] = why
+                self.station.stop_session(evse_id, stop)
+            if self._txs.get(evse_id) is tx:
+                self._expected_stop.pop(evse_id, None)
+                self._ended(tx, why[0], why[1], tx.ended_values, timestamp=timestamp)
+                if ours and self.station.evses[evse_id].session is session:
+                    self.station.stop_session(evse_id, stop)  # an authorization not used yet
             return
         self._attach(evse_id)
         trigger: str | None = None
@@ -607,7 +675,20 @@ class V201StationLink:
             trigger,
             reason,
         )
-        self._event(tx, "Ended", trigger, timestamp=timestamp, stopped_reason=reason, meter=values)
+        state: str | None = None
+        if trigger == "ChargingStateChanged":
+            # E06 (TxStopPoint EnergyTransfer): the state the EV left the transaction in.
+            evse = self.station.evses.get(tx.evse_id)
+            state = "EVConnected" if evse is not None and self._cable(evse) else "Idle"
+        self._event(
+            tx,
+            "Ended",
+            trigger,
+            timestamp=timestamp,
+            charging_state=state,
+            stopped_reason=reason,
+            meter=values,
+        )
 
     def _event(
         self,

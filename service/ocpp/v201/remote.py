@@ -18,7 +18,8 @@ Each handler does the work before it answers Accepted; what the station refuses 
   daemon; OnIdle does so at once when nothing runs, else answers Scheduled and resets when the
   last transaction ended. With evseId only that EVSE is reset: its transaction ends and its lock
   is released (one EVSE's hardware has no restart of its own); a scheduled EVSE reset waits for
-  that EVSE.
+  that EVSE. While a firmware update installs (`reset_refusal`) a Reset is Rejected
+  (FwUpdateInProgress).
 * ChangeAvailability: the station, an EVSE, or a connector (an EVSE's connectors share one
   state, so a connector of a multi-connector EVSE is Rejected); Scheduled while in use.
 * TriggerMessage: BootNotification and Heartbeat (service/ocpp/v201/provisioning.py),
@@ -81,6 +82,9 @@ class V201Remote:
         #: Extra TriggerMessage targets (e.g. FirmwareStatusNotification): requested message
         #: -> function(evse id or None) returning the answer's status.
         self.trigger_sources: dict[str, TriggerSource] = {}
+        #: Why a Reset must be Rejected now (a firmware update is installing), or None; the
+        #: assembler sets it (service/charger.py) from the firmware manager's state.
+        self.reset_refusal: Callable[[], str | None] = lambda: None
         self._pending_reset: tuple[str, int | None] | None = None
         station.on_change(self._check_pending_reset)
         for action, handler in (
@@ -166,6 +170,10 @@ class V201Remote:
         evse_id: int | None = call.payload.get("evseId")
         if evse_id is not None and evse_id not in self.station.evses:
             return _status("Rejected", "UnknownEvse", f"no EVSE {evse_id}")
+        refusal = self.reset_refusal()
+        if refusal is not None:
+            log.warning("Reset %s rejected: %s", kind, refusal)
+            return _status("Rejected", "FwUpdateInProgress", refusal)
         if kind == "OnIdle" and self._busy(evse_id):
             self._pending_reset = (kind, evse_id)
             log.warning(

@@ -177,8 +177,11 @@ def ended_values(
 ) -> list[dict[str, Any]]:
     """The Ended event's meter values from the station's transaction data (1.6-shaped):
     Transaction.Begin and .End, periodic samples only with SampledDataCtrlr.TxEndedInterval
-    > 0 (thinned to that spacing), clock-aligned ones only with AlignedDataCtrlr's. Without an
-    end value (recovered after a power cut) the last energy reading the station kept."""
+    > 0 (thinned to that spacing), clock-aligned ones only with AlignedDataCtrlr.TxEndedInterval
+    > 0 (all of them: not thinned to that interval). The samples come from the station's
+    TxUpdatedInterval / AlignedDataCtrlr.Interval schedules, so an Ended interval shorter than
+    those (or with those off) gives fewer values. Without an end value (recovered after a power
+    cut) the last energy reading the station kept."""
     values = [v for v in map(meter_value_v201, transaction_data) if v is not None]
     kept: list[dict[str, Any]] = []
     last_sample: float | None = None

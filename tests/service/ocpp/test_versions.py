@@ -90,6 +90,34 @@ def test_rows_without_a_version_are_sent_as_they_are(rig: Rig) -> None:
     assert sent[1:] == ["legacy-1", "StatusNotification", STATUS_16]
 
 
+def test_a_version_neutral_message_goes_out_under_either_version(rig: Rig) -> None:
+    event = {"type": "FirmwareUpdated", "timestamp": "2027-01-15T08:00:00Z"}
+    boot(rig, OcppVersion.V16)
+    frames(rig)
+    rig.engine.connection_closed()
+    rig.engine.enqueue("SecurityEventNotification", event, transaction=False, any_version=True)
+    [stored] = [m for m in rig.queue.peek_all() if m.action == "SecurityEventNotification"]
+    assert VERSION_KEY not in stored.payload
+    rig.engine.connection_opened(OcppVersion.V201)
+    sent: list[list[Any]] = []
+    for _ in range(20):  # one CALL at a time: answer each until the event went out
+        for frame in frames(rig):
+            if frame[2] == "SecurityEventNotification":
+                sent.append(frame)
+            answer: dict[str, Any] = {}
+            if frame[2] == "BootNotification":
+                answer = {
+                    "status": "Accepted",
+                    "interval": 300,
+                    "currentTime": STATUS_201["timestamp"],
+                }
+            rig.engine.receive(json.dumps([3, frame[1], answer]))
+    assert [f[2:] for f in sent] == [["SecurityEventNotification", event]]
+    # ...and it must be valid under every version to be stored at all.
+    with pytest.raises(ValueError):
+        rig.engine.enqueue("StatusNotification", STATUS_16, transaction=False, any_version=True)
+
+
 async def test_the_dispatcher_follows_the_negotiated_version_and_remembers_it(
     tmp_path: Path,
 ) -> None:

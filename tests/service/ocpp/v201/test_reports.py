@@ -213,7 +213,7 @@ def test_get_report_by_criteria(charger: Charger) -> None:
     assert components == {("ChargingStation", None), ("EVSE", 1), ("Connector", 1)}
     _, pages = report(charger, criteria=["Enabled"])
     enabled = {e["component"]["name"] for e in data(pages)}
-    assert enabled == {"AuthCtrlr", "AuthCacheCtrlr"}
+    assert enabled == {"AuthCtrlr", "AuthCacheCtrlr", "LocalAuthListCtrlr"}
     charger.set(
         {
             "component": {"name": "AuthCacheCtrlr"},
@@ -224,6 +224,7 @@ def test_get_report_by_criteria(charger: Charger) -> None:
     _, pages = report(charger, criteria=["Enabled", "Problem"])
     assert {e["component"]["name"] for e in data(pages)} == {
         "AuthCtrlr",
+        "LocalAuthListCtrlr",
         "ChargingStation",
         "EVSE",
         "Connector",
@@ -231,8 +232,11 @@ def test_get_report_by_criteria(charger: Charger) -> None:
 
 
 def test_criteria_and_filters_together(charger: Charger) -> None:
-    local_list = [{"component": {"name": "LocalAuthListCtrlr"}}]
-    assert report(charger, variables=local_list, criteria=["Available"]) == ("EmptyResultSet", [])
+    reservations = [{"component": {"name": "ReservationCtrlr"}}]
+    assert report(charger, variables=reservations, criteria=["Available"]) == (
+        "EmptyResultSet",
+        [],
+    )
     status, pages = report(
         charger,
         variables=[{"component": {"name": "EVSE"}, "variable": {"name": "Power"}}],
@@ -263,7 +267,7 @@ def test_too_many_component_variables(charger: Charger) -> None:
 
 def test_reports_are_durable_once_registered(charger: Charger) -> None:
     charger.result("GetBaseReport", {"requestId": 5, "reportBase": "FullInventory"})
-    pages = len(list(charger.model.entries())) // 32 + 1
+    pages = -(-len(list(charger.model.entries())) // 32)  # ceil
     assert charger.engine.queue_length == pages  # committed before the first goes out
     [first] = charger.rest
     assert first[2] == "NotifyReport" and first[3]["seqNo"] == 0

@@ -1,0 +1,257 @@
+"""OCPP 2.0.1 meter values end to end (J01, J02): evsed with simulated hardware (a 3-phase
+meter without export register, SoC or signed data), driven over a private D-Bus, against the
+test CSMS speaking ocpp2.0.1. Every setting is made with SetVariables, as a CSMS would."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from testcsms.server import TestCsms
+from tests.integration.conftest import DaemonProcess
+from tests.integration.conftest import write_config as write_base_config
+from tests.integration.ev_script import Ev
+from tests.integration.test_v201_device_model import get, set_, statuses, var
+from tests.integration.test_v201_session import (
+    ENERGY,
+    V201,
+    calls,
+    event_is,
+    events,
+    launch,
+    started_daemon,
+    status_is,
+)
+
+POWER = "Power.Active.Import"
+CURRENT = "Current.Import"
+VOLTAGE = "Voltage"
+UNITS = {ENERGY: "Wh", POWER: "W", CURRENT: "A", VOLTAGE: "V"}
+SAMPLED = "SampledDataCtrlr"
+ALIGNED = "AlignedDataCtrlr"
+
+
+def seconds(timestamp: str) -> float:
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
+def on_clock(timestamp: str, interval: int) -> bool:
+    """Whether a timestamp falls on a multiple of `interval` (taken within half a second)."""
+    offset = seconds(timestamp) % interval
+    return offset < 0.5 or interval - offset < 0.5
+
+
+def samples(meter_values: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [sv for mv in meter_values for sv in mv["sampledValue"]]
+
+
+def assert_well_formed(meter_value: dict[str, Any], context: str, measurands: set[str]) -> None:
+    """One MeterValueType of this charger: the context, the measurands asked for, each with
+    its unit, location Outlet and the phases of a 3-phase meter."""
+    values = meter_value["sampledValue"]
+    assert {v["context"] for v in values} == {context}
+    assert {v["measurand"] for v in values} == measurands
+    for v in values:
+        assert isinstance(v["value"], float | int)
+        assert v["unitOfMeasure"] == {"unit": UNITS[v["measurand"]]}
+        assert v["location"] == "Outlet"
+        assert "signedMeterValue" not in v  # the simulated meter signs nothing
+    phases = {m: [v.get("phase") for v in values if v["measurand"] == m] for m in measurands}
+    expected = {
+        ENERGY: [None],
+        POWER: [None, "L1", "L2", "L3"],  # the total, then each phase
+        CURRENT: ["L1", "L2", "L3"],
+        VOLTAGE: ["L1-N", "L2-N", "L3-N"],
+    }
+    for measurand, found in phases.items():
+        assert found == expected[measurand], (measurand, found)
+
+
+def clock_values(csms: TestCsms, evse_id: int) -> list[dict[str, Any]]:
+    return [
+        mv
+        for p in calls(csms, "MeterValues")
+        if p["evseId"] == evse_id
+        for mv in p["meterValue"]
+        if mv["sampledValue"][0]["context"] == "Sample.Clock"
+    ]
+
+
+# -- J01 outside transactions -----------------------------------------------------------------
+
+
+async def test_clock_aligned_values_per_evse_while_idle(
+    csms: TestCsms, daemons: list[DaemonProcess], tmp_path: Path, dbus_address: str
+) -> None:
+    config = write_base_config(
+        tmp_path,
+        csms.url,
+        dbus_address=dbus_address,
+        versions=V201,
+        csms_extra="external_websocket_control = true",
+        evses=2,
+    )
+    daemon = await launch(config, tmp_path, daemons)
+    await csms.wait_for(status_is("Available", 2))
+    # B05 / J01: a measurand the EVSE cannot measure is Rejected, the value stays.
+    refused = await set_(
+        csms,
+        var(ALIGNED, "Measurands", value=f"{ENERGY},Power.Reactive.Import"),
+        var(ALIGNED, "Measurands", value="Temperature"),
+        var(SAMPLED, "TxStartedMeasurands", value="Energy.Reactive.Import.Register"),
+    )
+    assert statuses(refused) == ["Rejected", "Rejected", "Rejected"]
+    assert {r["attributeStatusInfo"]["reasonCode"] for r in refused} == {"InvalidValue"}
+    [valid] = await get(csms, var(ALIGNED, "Measurands"))
+    assert "Reactive" not in valid["attributeValue"]
+
+    assert statuses(
+        await set_(
+            csms,
+            var(ALIGNED, "Measurands", value=f"{ENERGY},{VOLTAGE}"),
+            var(ALIGNED, "Interval", value="2"),
+        )
+    ) == ["Accepted", "Accepted"]
+    await csms.wait_until(
+        lambda: len(clock_values(csms, 1)) >= 2 and len(clock_values(csms, 2)) >= 2, timeout=10
+    )
+    for evse_id in (1, 2):
+        for mv in clock_values(csms, evse_id):
+            assert_well_formed(mv, "Sample.Clock", {ENERGY, VOLTAGE})
+            assert on_clock(mv["timestamp"], 2)  # on the clock, not on the start
+    # There is no main meter: nothing is ever reported for evseId 0.
+    assert {p["evseId"] for p in calls(csms, "MeterValues")} == {1, 2}
+
+    # Interval 0 stops them.
+    assert statuses(await set_(csms, var(ALIGNED, "Interval", value="0"))) == ["Accepted"]
+    await asyncio.sleep(0.3)
+    count = len(calls(csms, "MeterValues"))
+    await asyncio.sleep(2.5)
+    assert len(calls(csms, "MeterValues")) == count
+    assert await daemon.stop() == 0
+
+
+# -- J02 inside transactions ------------------------------------------------------------------
+
+
+async def test_meter_values_of_a_transaction(
+    csms: TestCsms, daemons: list[DaemonProcess], tmp_path: Path, dbus_address: str
+) -> None:
+    daemon = await started_daemon(csms, daemons, tmp_path, dbus_address)
+    assert (
+        statuses(
+            await set_(
+                csms,
+                var(SAMPLED, "TxStartedMeasurands", value=f"{ENERGY},{VOLTAGE}"),
+                var(SAMPLED, "TxUpdatedInterval", value="1"),
+                var(SAMPLED, "TxUpdatedMeasurands", value=f"{ENERGY},{POWER},{CURRENT},{VOLTAGE}"),
+                var(SAMPLED, "TxEndedMeasurands", value=f"{ENERGY},{CURRENT}"),
+                var(SAMPLED, "TxEndedInterval", value="2"),
+                var(ALIGNED, "Interval", value="2"),
+                var(ALIGNED, "Measurands", value=ENERGY),
+                var(ALIGNED, "TxEndedMeasurands", value=ENERGY),
+                var(ALIGNED, "TxEndedInterval", value="2"),
+            )
+        )
+        == ["Accepted"] * 9
+    )
+    ev = Ev(dbus_address)
+    await ev.plug()
+    await ev.present("TAG-MV")
+    [started] = await csms.wait_for(event_is("Started"))
+    await ev.ready(True)
+    await csms.wait_for(event_is("Updated", "MeterValuePeriodic"), count=4)
+    await csms.wait_for(event_is("Updated", "MeterValueClock"), count=2)
+    await ev.ready(False)
+    await ev.unplug()
+    [ended] = await csms.wait_for(event_is("Ended"))
+
+    # Started: TxStartedMeasurands, Transaction.Begin.
+    [begin] = started.payload["meterValue"]
+    assert_well_formed(begin, "Transaction.Begin", {ENERGY, VOLTAGE})
+    evts = events(csms)
+    periodic = [e for e in evts if e["triggerReason"] == "MeterValuePeriodic"]
+    clock = [e for e in evts if e["triggerReason"] == "MeterValueClock"]
+    for e in periodic:
+        [mv] = e["meterValue"]
+        assert_well_formed(mv, "Sample.Periodic", {ENERGY, POWER, CURRENT, VOLTAGE})
+    for e in clock:
+        [mv] = e["meterValue"]
+        assert_well_formed(mv, "Sample.Clock", {ENERGY})  # AlignedDataCtrlr.Measurands
+        assert on_clock(mv["timestamp"], 2)
+    # While charging, energy grows and power flows.
+    energy = [
+        v["value"] for e in periodic for v in samples(e["meterValue"]) if v["measurand"] == ENERGY
+    ]
+    assert energy == sorted(energy) and energy[-1] > energy[0]
+    assert any(
+        v["value"] > 0
+        for e in periodic
+        for v in samples(e["meterValue"])
+        if v["measurand"] == POWER and "phase" not in v
+    )
+    # Nothing went out as MeterValues during the transaction (J02: TransactionEvent only).
+    during = csms.received[csms.received.index(started) : csms.received.index(ended)]
+    assert not [r for r in during if r.action == "MeterValues"]
+
+    # Ended: TxEndedMeasurands; Begin and End, periodic samples TxEndedInterval apart, and
+    # the clock-aligned ones (AlignedDataCtrlr.TxEndedMeasurands).
+    values = ended.payload["meterValue"]
+    contexts = [mv["sampledValue"][0]["context"] for mv in values]
+    assert contexts[0] == "Transaction.Begin" and contexts[-1] == "Transaction.End"
+    assert "Sample.Periodic" in contexts and "Sample.Clock" in contexts
+    for mv in values:
+        context = mv["sampledValue"][0]["context"]
+        wanted = {ENERGY} if context == "Sample.Clock" else {ENERGY, CURRENT}
+        assert_well_formed(mv, context, wanted)
+    times = [
+        seconds(mv["timestamp"])
+        for mv in values
+        if mv["sampledValue"][0]["context"] == "Sample.Periodic"
+    ]
+    assert all(b - a >= 1.5 for a, b in itertools.pairwise(times)), times
+    first = next(v for v in values[0]["sampledValue"] if v["measurand"] == ENERGY)["value"]
+    last = next(v for v in values[-1]["sampledValue"] if v["measurand"] == ENERGY)["value"]
+    assert last > first
+    assert await daemon.stop() == 0
+
+
+async def test_send_during_idle_and_no_ended_samples_by_default(
+    csms: TestCsms, daemons: list[DaemonProcess], tmp_path: Path, dbus_address: str
+) -> None:
+    daemon = await started_daemon(csms, daemons, tmp_path, dbus_address)
+    assert (
+        statuses(
+            await set_(
+                csms,
+                var(ALIGNED, "SendDuringIdle", value="true"),
+                var(ALIGNED, "Interval", value="1"),
+                var(ALIGNED, "Measurands", value=ENERGY),
+                var(SAMPLED, "TxEndedMeasurands", value=ENERGY),
+            )
+        )
+        == ["Accepted"] * 4
+    )
+    await csms.wait_until(lambda: len(clock_values(csms, 1)) >= 1)  # idle: sent
+    ev = Ev(dbus_address)
+    await ev.plug()
+    await ev.present("TAG-IDLE")
+    [started] = await csms.wait_for(event_is("Started"))
+    await ev.ready(True)
+    await asyncio.sleep(3)
+    await ev.ready(False)
+    await ev.unplug()
+    [ended] = await csms.wait_for(event_is("Ended"))
+    # During the transaction: no clock-aligned values at all (SendDuringIdle).
+    assert not [e for e in events(csms) if e["triggerReason"] == "MeterValueClock"]
+    during = csms.received[csms.received.index(started) : csms.received.index(ended)]
+    assert not [r for r in during if r.action == "MeterValues"]
+    mark = len(calls(csms, "MeterValues"))
+    # TxEndedInterval 0 (the default): Begin and End only.
+    contexts = [mv["sampledValue"][0]["context"] for mv in ended.payload["meterValue"]]
+    assert contexts == ["Transaction.Begin", "Transaction.End"]
+    await csms.wait_until(lambda: len(clock_values(csms, 1)) > mark)  # idle again: sent
+    assert await daemon.stop() == 0
