@@ -133,7 +133,7 @@ def log_status_payload(manager: DiagnosticsManager | None) -> JsonDict:
 
 
 # ---------------------------------------------------------------------------- handlers
-def _time(payload: JsonDict, key: str, where: str = "") -> float | None:
+def request_time(payload: JsonDict, key: str, where: str = "") -> float | None:
     value = payload.get(key)
     if value is None:
         return None
@@ -146,7 +146,7 @@ def _time(payload: JsonDict, key: str, where: str = "") -> float | None:
     return moment
 
 
-def _count(payload: JsonDict, key: str) -> int | None:
+def request_count(payload: JsonDict, key: str) -> int | None:
     value = payload.get(key)
     if value is None:
         return None
@@ -208,9 +208,9 @@ class FirmwareHandlers:
         request = FirmwareRequest(
             origin=ORIGIN,
             location=_location(p["location"], "location"),
-            retrieve_at=_time(p, "retrieveDate"),
-            retries=_count(p, "retries"),
-            retry_interval_s=_count(p, "retryInterval"),
+            retrieve_at=request_time(p, "retrieveDate"),
+            retries=request_count(p, "retries"),
+            retry_interval_s=request_count(p, "retryInterval"),
         )
         status = self.firmware.submit(request)
         if status is SubmitStatus.REJECTED:
@@ -227,10 +227,10 @@ class FirmwareHandlers:
         request = FirmwareRequest(
             origin=ORIGIN,
             location=_location(firmware["location"], "firmware/location"),
-            retrieve_at=_time(firmware, "retrieveDateTime", "firmware/"),
-            install_at=_time(firmware, "installDateTime", "firmware/"),
-            retries=_count(p, "retries"),
-            retry_interval_s=_count(p, "retryInterval"),
+            retrieve_at=request_time(firmware, "retrieveDateTime", "firmware/"),
+            install_at=request_time(firmware, "installDateTime", "firmware/"),
+            retries=request_count(p, "retries"),
+            retry_interval_s=request_count(p, "retryInterval"),
             request_id=p["requestId"],
             signing_certificate=firmware["signingCertificate"],
             signature=firmware["signature"],
@@ -243,10 +243,10 @@ class FirmwareHandlers:
             origin=ORIGIN,
             kind="diagnostics",
             location=_location(p["location"], "location"),
-            start=_time(p, "startTime"),
-            stop=_time(p, "stopTime"),
-            retries=_count(p, "retries"),
-            retry_interval_s=_count(p, "retryInterval"),
+            start=request_time(p, "startTime"),
+            stop=request_time(p, "stopTime"),
+            retries=request_count(p, "retries"),
+            retry_interval_s=request_count(p, "retryInterval"),
         )
         _window(request.start, request.stop, "startTime/stopTime")
         _, file_name = self.diagnostics.submit(request)
@@ -266,10 +266,10 @@ class FirmwareHandlers:
             location=location,
             log_type=p["logType"],
             request_id=p["requestId"],
-            start=_time(params, "oldestTimestamp", "log/"),
-            stop=_time(params, "latestTimestamp", "log/"),
-            retries=_count(p, "retries"),
-            retry_interval_s=_count(p, "retryInterval"),
+            start=request_time(params, "oldestTimestamp", "log/"),
+            stop=request_time(params, "latestTimestamp", "log/"),
+            retries=request_count(p, "retries"),
+            retry_interval_s=request_count(p, "retryInterval"),
         )
         if request.start is not None and request.stop is not None and request.start > request.stop:
             log.warning("GetLog refused: oldestTimestamp is after latestTimestamp")

@@ -21,6 +21,33 @@ from service.station.station import Station
 
 log = logging.getLogger("evsed.ocpp.v16")
 
+
+def vendor_answer(
+    vendor: str,
+    handler: VendorHandler,
+    message_id: str,
+    data: str,
+    spawn: Callable[[Awaitable[None]], object],
+) -> Deferred:
+    """DataTransfer from the CSMS, both versions: the D-Bus client that registered `vendor`
+    answers (status, data); a handler that fails answers Rejected."""
+    deferred = Deferred()
+
+    async def answer() -> None:
+        try:
+            status, reply = await handler(message_id, data)
+        except Exception:
+            log.exception("vendor handler for %s failed", vendor)
+            status, reply = "Rejected", ""
+        payload: JsonDict = {"status": status}
+        if reply:
+            payload["data"] = reply
+        deferred.resolve(payload)
+
+    spawn(answer())
+    return deferred
+
+
 NOMINAL_VOLTAGE_V = 230.0
 
 VendorHandler = Callable[[str, str], Awaitable[tuple[str, str]]]
@@ -117,20 +144,6 @@ class Remote:
         handler = self.vendors.get(vendor)
         if handler is None:
             return {"status": "UnknownVendorId"}
-        deferred = Deferred()
         message_id = call.payload.get("messageId", "")
         data = call.payload.get("data", "")
-
-        async def answer() -> None:
-            try:
-                status, reply = await handler(message_id, data)
-            except Exception:
-                log.exception("vendor handler for %s failed", vendor)
-                status, reply = "Rejected", ""
-            payload: JsonDict = {"status": status}
-            if reply:
-                payload["data"] = reply
-            deferred.resolve(payload)
-
-        self.spawn(answer())
-        return deferred
+        return vendor_answer(vendor, handler, message_id, data, self.spawn)

@@ -49,7 +49,7 @@ from service.firmware.manager import (
 from service.firmware.uploads import DiagnosticsManager, UploadJob, UploadRequest
 from service.firmware.uploads import UploadStatus as Upload
 from service.ocpp.rpc import Call, ErrorCode, JsonDict, OcppVersion, RpcError
-from service.ocpp.v16.firmware import _count, _time
+from service.ocpp.v16.firmware import request_count, request_time
 
 if TYPE_CHECKING:
     from service.ocpp.engine import Engine
@@ -192,10 +192,10 @@ class FirmwareHandlers:
         request = FirmwareRequest(
             origin=ORIGIN,
             location=location,
-            retrieve_at=_time(firmware, "retrieveDateTime", "firmware/"),
-            install_at=_time(firmware, "installDateTime", "firmware/"),
-            retries=_count(p, "retries"),
-            retry_interval_s=_count(p, "retryInterval"),
+            retrieve_at=request_time(firmware, "retrieveDateTime", "firmware/"),
+            install_at=request_time(firmware, "installDateTime", "firmware/"),
+            retries=request_count(p, "retries"),
+            retry_interval_s=request_count(p, "retryInterval"),
             request_id=p["requestId"],
             signing_certificate=certificate,
             signature=signature,
@@ -224,10 +224,10 @@ class FirmwareHandlers:
             location=location,
             log_type=p["logType"],
             request_id=p["requestId"],
-            start=_time(params, "oldestTimestamp", "log/"),
-            stop=_time(params, "latestTimestamp", "log/"),
-            retries=_count(p, "retries"),
-            retry_interval_s=_count(p, "retryInterval"),
+            start=request_time(params, "oldestTimestamp", "log/"),
+            stop=request_time(params, "latestTimestamp", "log/"),
+            retries=request_count(p, "retries"),
+            retry_interval_s=request_count(p, "retryInterval"),
         )
         if request.start is not None and request.stop is not None and request.start > request.stop:
             log.warning("GetLog refused: oldestTimestamp is after latestTimestamp")

@@ -39,7 +39,7 @@ from typing import Any
 
 from service.ocpp.engine import Deferred, Engine, Registration
 from service.ocpp.rpc import Call, JsonDict, OcppVersion
-from service.ocpp.v16.remote import VendorHandler, tx_profile_limit_a
+from service.ocpp.v16.remote import VendorHandler, tx_profile_limit_a, vendor_answer
 from service.ocpp.v201 import provisioning
 from service.ocpp.v201.link import V201StationLink
 from service.station import metering
@@ -324,18 +324,4 @@ class V201Remote:
         message_id: str = call.payload.get("messageId", "")
         raw: Any = call.payload.get("data")
         data = raw if isinstance(raw, str) else ("" if raw is None else json.dumps(raw))
-        deferred = Deferred()
-
-        async def answer() -> None:
-            try:
-                status, reply = await handler(message_id, data)
-            except Exception:
-                log.exception("vendor handler for %s failed", vendor)
-                status, reply = "Rejected", ""
-            payload: JsonDict = {"status": status}
-            if reply:
-                payload["data"] = reply
-            deferred.resolve(payload)
-
-        self.spawn(answer())
-        return deferred
+        return vendor_answer(vendor, handler, message_id, data, self.spawn)
