@@ -203,6 +203,9 @@ actions:
                           the CSMS, cache, offline rules), so the CSMS must accept it; the
                           transaction starts once an EV is plugged in.
   stop                    stop the session (OCPP reason Local)
+  button                  press the EVSE's start button: with authorization off (key
+                          AuthEnabled false) it starts a session without a token, and a
+                          second press stops it
   enable / disable        make the EVSE Operative / Inoperative (like ChangeAvailability);
                           during a transaction the change is Scheduled for its end
 
@@ -224,9 +227,11 @@ examples:
         "--id-tag",
         metavar="TAG",
         default=DEFAULT_ID_TAG,
-        help=f"the token (1-20 printable ASCII characters; default {DEFAULT_ID_TAG!r})",
+        help=f"the token (1-20 printable ASCII characters, 36 under OCPP 2.0.1; default "
+        f"{DEFAULT_ID_TAG!r})",
     )
     actions.add_parser("stop", help="stop the session (reason Local)", parents=[common])
+    actions.add_parser("button", help="press the start button", parents=[common])
     actions.add_parser("enable", help="make the EVSE Operative", parents=[common])
     actions.add_parser("disable", help="make the EVSE Inoperative", parents=[common])
 
@@ -400,6 +405,15 @@ def cmd_evse(client: Client, args: argparse.Namespace, out: Output) -> int:
                 f"EVSE {evse_id}: session {session_id} for id tag {printable(id_tag)} "
                 "(authorization and the EV decide when charging starts)"
             )
+        return EXIT_OK
+    if action == "button":
+        (pressed,) = _evse_call(
+            client, evse_id, lambda: client.call(path, EVSE_INTERFACE, "PressStartButton")
+        )
+        if args.json:
+            out.json({"evse": evse_id, "session_id": pressed})
+        else:
+            out.print(f"EVSE {evse_id}: start button pressed (session {pressed})")
         return EXIT_OK
     if action == "stop":
         _evse_call(client, evse_id, lambda: client.call(path, EVSE_INTERFACE, "StopSession"))

@@ -169,6 +169,8 @@ class Charger:
             if self.firmware.state in INSTALL_STATES
             else None
         )
+        # 1.6 likewise: a Reset (Soft or Hard) while an update installs is Rejected.
+        self.remote.reset_refusal = self.remote201.reset_refusal
         self.local_list_v201 = LocalListHandlers(
             engine,
             self.local_list,

@@ -26,7 +26,7 @@ from service.station.api import (
     UnknownEvse,
     VendorHandler,
 )
-from service.station.auth import is_valid_id_tag
+from service.station.auth import ID_TOKEN_MAX_LENGTH, is_valid_id_tag
 from service.station.configuration import ChangeStatus, Configuration
 from service.station.keys import format_key_value
 from service.station.station import Station
@@ -169,8 +169,11 @@ class LocalControl:
         self._model.evse(evse_id)
         return self._model.set_availability(evse_id, operative)
 
-    def present_token(self, evse_id: int, id_tag: str) -> None:
-        self._model.token_presented(evse_id, id_tag)
+    def present_token(self, evse_id: int, id_tag: str, token_type: str | None = None) -> None:
+        self._model.token_presented(evse_id, id_tag, token_type)
+
+    def press_start_button(self, evse_id: int) -> str:
+        return self._model.start_button(evse_id)
 
     async def data_transfer(self, vendor_id: str, message_id: str, data: str) -> tuple[str, str]:
         if not vendor_id or len(vendor_id) > _VENDOR_ID_MAX:
@@ -282,7 +285,8 @@ class SimulatorControl:
         self._sim(evse_id).set_ev_max_current(amps)
 
     def present_rfid(self, evse_id: int, id_tag: str) -> None:
-        if not is_valid_id_tag(id_tag):
+        # The reader hands any card up; the station refuses what the protocol cannot carry.
+        if not is_valid_id_tag(id_tag, ID_TOKEN_MAX_LENGTH):
             raise InvalidArgument(f"invalid idTag {id_tag!r}")
         self._sim(evse_id).present_rfid(id_tag)
 

@@ -203,6 +203,15 @@ class StationInterface(DbusInterfaceCommonAsync, interface_name=STATION_INTERFAC
             self._api.present_token(evse_id, id_tag)
 
     @dbus_method_async(
+        "uss",
+        input_args_names=("evse_id", "id_token", "token_type"),
+        flags=DbusUnprivilegedFlag,
+    )
+    async def present_id_token(self, evse_id: int, id_token: str, token_type: str) -> None:
+        with dbus_errors("PresentIdToken"):
+            self._api.present_token(evse_id, id_token, token_type or None)
+
+    @dbus_method_async(
         "sss",
         "ss",
         input_args_names=("vendor_id", "message_id", "data"),
@@ -391,6 +400,13 @@ class EvseInterface(DbusInterfaceCommonAsync, interface_name=EVSE_INTERFACE):
     async def stop_session(self) -> None:
         with dbus_errors("StopSession"):
             self._api.stop_session(self._evse_id)
+
+    @dbus_method_async(
+        result_signature="s", result_args_names=("session_id",), flags=DbusUnprivilegedFlag
+    )
+    async def press_start_button(self) -> str:
+        with dbus_errors("PressStartButton"):
+            return self._api.press_start_button(self._evse_id)
 
     @dbus_method_async(
         "b",

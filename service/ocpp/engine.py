@@ -19,6 +19,8 @@ Rules this module owns (see README "Delivery rules"):
   resend BootNotification unprompted (under 2.0.1, B02, it does after the interval the CSMS
   gave); a Rejected one retries after the interval the CSMS gave. A boot
   that times out is retried after `call_timeout_s`.
+* Under 2.0.1, while the registration is Rejected, every CALL of the CSMS is answered with a
+  CALLERROR SecurityError except TriggerMessage(BootNotification) (B03); Pending answers all.
 * A queued message keeps its message id for life: a retry after a timeout, a reconnect or a
   restart reuses it, so a late CALLRESULT is still matched and the CSMS can recognise a
   duplicate. A timeout is not an attempt (the CSMS did not process the message), except for a
@@ -73,6 +75,8 @@ log = logging.getLogger("evsed.ocpp")
 TIME_MARKER = "@mono:"
 #: Reserved key of a stored payload naming the OCPP version it was made for (see above).
 VERSION_KEY = "@ocppVersion"
+#: errorDescription of the SecurityError a 2.0.1 CSMS gets while the boot is Rejected (B03).
+REJECTED_DESCRIPTION = "not registered: BootNotification was Rejected"
 
 
 def _has_marker(value: Any) -> bool:
@@ -436,6 +440,8 @@ class Engine:
         log.info("<- %s", call.action, extra=fields)
         handler = self._handlers[version].get(call.action)
         try:
+            if self._refused_while_rejected(version, call):
+                raise RpcError(ErrorCode.SECURITY_ERROR, REJECTED_DESCRIPTION)
             if handler is None:
                 if call.action not in schemas(version).actions:
                     raise RpcError(
@@ -470,6 +476,22 @@ class Engine:
                 version,
             )
         return encode_result(call.unique_id, payload)
+
+    def _refused_while_rejected(self, version: OcppVersion, call: Call) -> bool:
+        """OCPP 2.0.1 B03: while the BootNotification is answered Rejected, every CALL of the
+        CSMS is answered with CALLERROR SecurityError, except a TriggerMessage for
+        BootNotification, which lets the CSMS have the station register again (the
+        TriggerMessage handler answers it as usual). Nothing is dropped: the durable queue is
+        only held (see `_next_outgoing`). Pending (B02) keeps answering everything.
+
+        OCPP 1.6 keeps its behaviour: while Rejected its CALLs are answered as usual (1.6 4.2
+        says a Rejected Charge Point does not respond at all; that is not done here)."""
+        if version is not OcppVersion.V201 or self.registration is not Registration.REJECTED:
+            return False
+        return not (
+            call.action == "TriggerMessage"
+            and call.payload.get("requestedMessage") == "BootNotification"
+        )
 
     def _on_response(self, version: OcppVersion, frame: CallResult | CallError) -> None:
         current = self._inflight

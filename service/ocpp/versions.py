@@ -123,8 +123,20 @@ class VersionDispatcher:
     ) -> None:
         self.current.status_changed(evse_id, status, error_code, info, timestamp)
 
-    def authorize(self, id_tag: str, done: Callable[[IdTagInfo | None], None]) -> bool:
-        return self.current.authorize(id_tag, done)
+    @property
+    def id_token_max_length(self) -> int:
+        """The longest token the active version carries (1.6: 20, 2.0.1: 36)."""
+        limit = getattr(self.current, "id_token_max_length", 20)
+        return limit if isinstance(limit, int) else 20
+
+    def authorize(
+        self,
+        id_tag: str,
+        done: Callable[[IdTagInfo | None], None],
+        *,
+        token_type: str | None = None,
+    ) -> bool:
+        return self.current.authorize(id_tag, done, token_type=token_type)
 
     def transaction_started(self, session: Session) -> None:
         self.current.transaction_started(session)

@@ -126,9 +126,19 @@ class StationApi(Protocol):
         """Returns "Accepted" or "Scheduled" (applies when the session ends)."""
         ...
 
-    def present_token(self, evse_id: int, id_tag: str) -> None:
+    def present_token(self, evse_id: int, id_tag: str, token_type: str | None = None) -> None:
         """A token from a local provider (payment terminal...), as if read by the EVSE's
-        reader; evse_id 0 means the first EVSE that can use it."""
+        reader; evse_id 0 means the first EVSE that can use it. `token_type`: its OCPP 2.0.1
+        IdTokenEnumType (None: ISO14443, a card). Raises InvalidArgument (a token the protocol
+        in use cannot carry: 20 characters under 1.6, 36 under 2.0.1), UnknownEvse,
+        InvalidState."""
+        ...
+
+    def press_start_button(self, evse_id: int) -> str:
+        """The EVSE's start button (OCPP 2.0.1 C02): with authorization off (AuthEnabled /
+        AuthCtrlr.Enabled false) it starts a session nobody authorized and stops it when
+        pressed again; returns the session id. Raises UnknownEvse, InvalidState (a token is
+        needed, or the session is a token's)."""
         ...
 
     async def data_transfer(self, vendor_id: str, message_id: str, data: str) -> tuple[str, str]:

@@ -58,6 +58,24 @@ log = logging.getLogger("evsed.auth")
 
 # 1.6 IdToken is CiString20: up to 20 characters of printable ASCII.
 ID_TAG_MAX_LENGTH = 20
+# 2.0.1 IdTokenType.idToken is string[0..36]; evsed keeps tokens to printable ASCII in both.
+ID_TOKEN_MAX_LENGTH = 36
+# 2.0.1 IdTokenEnumType of a session nobody authorized (AuthCtrlr.Enabled false, start button):
+# its idToken is the empty string.
+NO_AUTHORIZATION = "NoAuthorization"
+# 2.0.1 token types (IdTokenEnumType).
+TOKEN_TYPES = frozenset(
+    {
+        "Central",
+        "eMAID",
+        "ISO14443",
+        "ISO15693",
+        "KeyCode",
+        "Local",
+        "MacAddress",
+        NO_AUTHORIZATION,
+    }
+)
 
 
 class AuthStatus(StrEnum):
@@ -86,11 +104,12 @@ _OCPP16_STATUSES = frozenset(
 )
 
 
-def is_valid_id_tag(text: object) -> bool:
-    """True if ``text`` is a valid OCPP 1.6 idTag: 1 to 20 characters of printable ASCII."""
+def is_valid_id_tag(text: object, max_length: int = ID_TAG_MAX_LENGTH) -> bool:
+    """True if ``text`` is a valid token: 1 to `max_length` characters of printable ASCII
+    (20 for an OCPP 1.6 idTag, the default; `ID_TOKEN_MAX_LENGTH` for a 2.0.1 idToken)."""
     return (
         isinstance(text, str)
-        and 1 <= len(text) <= ID_TAG_MAX_LENGTH
+        and 1 <= len(text) <= max_length
         and all(" " <= ch <= "~" for ch in text)
     )
 

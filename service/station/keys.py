@@ -63,6 +63,9 @@ class KeySpec:
     max_items: int | None = None
     unit: str = ""
     derived_from: str | None = None
+    # str keys: length bounds; a bounded str key takes printable ASCII only (an idTag).
+    min_length: int | None = None
+    max_length: int | None = None
 
 
 def _int(
@@ -123,6 +126,11 @@ _SPECS: tuple[KeySpec, ...] = (
         False,
         "start a transaction offline for an idTag that is not known locally",
     ),
+    _bool(
+        "AuthEnabled",
+        True,
+        "evsed: authorize tokens before charging; false = free charging (2.0.1 AuthCtrlr.Enabled)",
+    ),
     _bool("AuthorizationCacheEnabled", True, "keep an authorization cache of seen idTags"),
     _bool(
         "AuthorizeRemoteTxRequests",
@@ -159,6 +167,14 @@ _SPECS: tuple[KeySpec, ...] = (
         50,
         "maximum items in ConnectorPhaseRotation",
         readonly=True,
+    ),
+    KeySpec(
+        "FreeVendIdTag",
+        "str",
+        "FreeCharging",
+        min_length=1,
+        max_length=20,
+        unit="evsed: the 1.6 idTag of a session nobody authorized (AuthEnabled false)",
     ),
     _int(
         "GetConfigurationMaxKeys",
@@ -295,6 +311,12 @@ _SPECS: tuple[KeySpec, ...] = (
         "maximum items in StopTxnSampledData",
         readonly=True,
     ),
+    _bool(
+        "SampledDataSignReadings",
+        False,
+        "evsed: send the meter's signed energy readings too (format SignedData); only meters "
+        "that sign (a register map with [signed]) have them (2.0.1 SampledDataCtrlr.SignReadings)",
+    ),
     _csl(
         "SupportedFeatureProfiles",
         # what is implemented; grows with each profile
@@ -405,6 +427,10 @@ def parse_key_value(spec: KeySpec, raw: str) -> KeyValue:
         return ",".join(items)
     if spec.values is not None and raw not in spec.values:
         raise ValueError(f"{spec.name}: {raw!r} is not one of {', '.join(sorted(spec.values))}")
+    if spec.max_length is not None or spec.min_length is not None:
+        low, high = spec.min_length or 0, spec.max_length or MAX_VALUE_LENGTH
+        if not low <= len(raw) <= high or not all(" " <= ch <= "~" for ch in raw):
+            raise ValueError(f"{spec.name}: {raw!r} is not {low} to {high} printable characters")
     return raw
 
 

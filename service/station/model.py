@@ -76,7 +76,13 @@ class Session:
     session_id: str
     evse_id: int
     id_tag: str | None = None
+    # 2.0.1 IdTokenEnumType of `id_tag` (None: the version's default for a reader token);
+    # NO_AUTHORIZATION with id_tag "" for a session nobody authorized (free charging).
+    id_token_type: str | None = None
     parent_id_tag: str | None = None
+    # The token that stopped the session, when one did (it may be another of the group).
+    stop_id_tag: str | None = None
+    stop_id_token_type: str | None = None
     authorized: bool = False
     remote: bool = False
     started: bool = False
@@ -94,6 +100,7 @@ class Session:
     def to_data(self) -> dict[str, Any]:
         return {
             "parent_id_tag": self.parent_id_tag,
+            "id_token_type": self.id_token_type,
             "authorized": self.authorized,
             "remote": self.remote,
             "deauthorized": self.deauthorized,

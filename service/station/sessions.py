@@ -78,6 +78,7 @@ class SessionStore:
                 meter_start_wh=float(row["meter_start_wh"] or 0.0),
                 start_timestamp=row["start_time"] or "",
                 parent_id_tag=data.get("parent_id_tag"),
+                id_token_type=_text(data.get("id_token_type")),
                 authorized=bool(data.get("authorized", False)),
                 remote=bool(data.get("remote", False)),
                 transaction_id=data.get("transaction_id"),
@@ -87,3 +88,7 @@ class SessionStore:
                 StoredSession(session, None if last is None else float(last), row["last_time"])
             )
         return result
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None

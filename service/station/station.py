@@ -25,7 +25,15 @@ from hal.interfaces import EvseHardware, MeterReading, PilotState
 from service.journal import LogEvent, log_fields
 from service.station import metering
 from service.station.api import InvalidArgument, InvalidState, UnknownEvse
-from service.station.auth import Authorizer, Decision, IdTagInfo, is_valid_id_tag
+from service.station.auth import (
+    ID_TAG_MAX_LENGTH,
+    NO_AUTHORIZATION,
+    TOKEN_TYPES,
+    Authorizer,
+    Decision,
+    IdTagInfo,
+    is_valid_id_tag,
+)
 from service.station.clock import Clock, TimeKeeper
 from service.station.configuration import Configuration
 from service.station.controller import MIN_OFFER_A, ChargingController, PowerInputs
@@ -51,8 +59,15 @@ class StationListener(Protocol):
         self, evse_id: int, status: ConnectorStatus, error_code: str, info: str, timestamp: str
     ) -> None: ...
 
-    def authorize(self, id_tag: str, done: Callable[[IdTagInfo | None], None]) -> bool:
-        """Ask the CSMS; `done(None)` on failure/timeout. False when it cannot be asked."""
+    def authorize(
+        self,
+        id_tag: str,
+        done: Callable[[IdTagInfo | None], None],
+        *,
+        token_type: str | None = None,
+    ) -> bool:
+        """Ask the CSMS; `done(None)` on failure/timeout. False when it cannot be asked.
+        `token_type`: the token's 2.0.1 IdTokenEnumType (None: the reader's)."""
         ...
 
     def transaction_started(self, session: Session) -> None: ...
@@ -227,6 +242,14 @@ class Station:
                     self._stop(evse, StopReason.EV_DISCONNECTED)
         elif session is not None and session.authorized and not session.started:
             self._start_transaction(evse)
+        elif (
+            session is None
+            and not evse.ev_connected
+            and not self._bool("AuthEnabled")
+            and self._usable(evse)
+        ):
+            # Free charging: a plugged-in EV charges without a token (NoAuthorization).
+            self._authorize(evse, "", remote=False, token_type=NO_AUTHORIZATION)
         if state not in (PilotState.E, PilotState.F):
             evse.ev_connected = state.plugged
         self._apply_power(evse)
@@ -331,25 +354,89 @@ class Station:
             )
 
     # ------------------------------------------------------------------ authorization
-    def token_presented(self, evse_id: int, id_tag: str) -> None:
-        """A token from the EVSE's reader or a local provider (evse_id 0: any EVSE)."""
-        if not is_valid_id_tag(id_tag):
-            raise InvalidArgument(f"invalid idTag {id_tag!r}: 1 to 20 printable characters")
+    @property
+    def token_limit(self) -> int:
+        """The longest token the protocol in use carries: 20 characters under OCPP 1.6, 36
+        under 2.0.1 (the listener's `id_token_max_length`)."""
+        limit = getattr(self.listener, "id_token_max_length", ID_TAG_MAX_LENGTH)
+        return limit if isinstance(limit, int) and limit > 0 else ID_TAG_MAX_LENGTH
+
+    def _check_token(self, id_tag: str, token_type: str | None, *, free: bool = False) -> None:
+        """Raise InvalidArgument for a token the protocol in use cannot carry. `free`: the
+        NoAuthorization type (empty token) is allowed."""
+        if token_type is not None and token_type not in TOKEN_TYPES:
+            raise InvalidArgument(
+                f"unknown token type {token_type!r}: one of {', '.join(sorted(TOKEN_TYPES))}"
+            )
+        if token_type == NO_AUTHORIZATION:
+            if not free:
+                raise InvalidArgument("a presented token cannot be of type NoAuthorization")
+            if id_tag == "":
+                return
+        limit = self.token_limit
+        if not is_valid_id_tag(id_tag, limit):
+            raise InvalidArgument(f"invalid idTag {id_tag!r}: 1 to {limit} printable characters")
+
+    def token_presented(self, evse_id: int, id_tag: str, token_type: str | None = None) -> None:
+        """A token from the EVSE's reader or a local provider (evse_id 0: any EVSE).
+        `token_type`: its 2.0.1 IdTokenEnumType (None: the reader's, ISO14443)."""
+        self._check_token(id_tag, token_type)
         evse = self._evse_for_token(id_tag) if evse_id == 0 else self.evse(evse_id)
         session = evse.session
         if session is not None and session.authorized:
-            if session.id_tag == id_tag or (
-                session.parent_id_tag is not None
-                and self._parent_of(id_tag) == session.parent_id_tag
-            ):
-                if session.started:
-                    self._stop(evse, StopReason.LOCAL)
-                else:
-                    self._cancel(evse, "token presented again")
+            if session.id_tag == id_tag:
+                self._stop_by_token(evse, id_tag, token_type)
                 return
+            if session.parent_id_tag is not None:
+                group = self._parent_of(id_tag)
+                if group == session.parent_id_tag:
+                    self._stop_by_token(evse, id_tag, token_type)
+                    return
+                if group is None and self._ask_group(evse, session, id_tag, token_type):
+                    return
             log.info("token %s ignored: EVSE %d is in use", id_tag, evse.evse_id)
             return
-        self._authorize(evse, id_tag, remote=False)
+        self._authorize(evse, id_tag, remote=False, token_type=token_type)
+
+    def _stop_by_token(self, evse: _Evse, id_tag: str, token_type: str | None) -> None:
+        session = evse.session
+        assert session is not None
+        session.stop_id_tag = id_tag
+        session.stop_id_token_type = token_type
+        if session.started:
+            self._stop(evse, StopReason.LOCAL)
+        else:
+            self._cancel(evse, "token presented again")
+
+    def _ask_group(
+        self, evse: _Evse, session: Session, id_tag: str, token_type: str | None
+    ) -> bool:
+        """C09 / 1.6 parentIdTag: a token whose group is not known locally may belong to the
+        session's group. Ask the CSMS (Authorize); its answer stops the session when the
+        groups match. False when the CSMS cannot be asked now."""
+        listener = self.listener
+        if listener is None or not listener.online:
+            return False
+        session_id = session.session_id
+        log.info(
+            "token %s on EVSE %d: group unknown, asking the CSMS whether it may stop the session",
+            id_tag,
+            evse.evse_id,
+        )
+
+        def answered(info: IdTagInfo | None) -> None:
+            if info is not None:
+                self.authorizer.record(id_tag, info, self._wall())
+            current = self._evse_of(session_id)
+            if current is None or current.session is None:
+                return
+            group = current.session.parent_id_tag
+            if info is not None and info.parent_id_tag is not None and info.parent_id_tag == group:
+                self._stop_by_token(current, id_tag, token_type)
+            else:
+                log.info("token %s ignored: not of the group of EVSE %d", id_tag, evse.evse_id)
+
+        return listener.authorize(id_tag, answered, token_type=token_type)
 
     def _parent_of(self, id_tag: str) -> str | None:
         # The group as known locally: the Local Authorization List first, then the cache.
@@ -375,7 +462,13 @@ class Station:
         )
 
     def _authorize(
-        self, evse: _Evse, id_tag: str, *, remote: bool, limit_a: float | None = None
+        self,
+        evse: _Evse,
+        id_tag: str,
+        *,
+        remote: bool,
+        limit_a: float | None = None,
+        token_type: str | None = None,
     ) -> Session:
         if not self._usable(evse):
             raise InvalidState(f"EVSE {evse.evse_id} is {self._status(evse)[0]}")
@@ -383,13 +476,26 @@ class Station:
             session_id=str(uuid.uuid4()),
             evse_id=evse.evse_id,
             id_tag=id_tag,
+            id_token_type=token_type,
             remote=remote,
             limit_a=limit_a,
         )
         session.authorize_deadline = self.clock.monotonic() + self._int("ConnectionTimeOut")
         evse.session = session
         evse.finishing = False
-        if remote and not self._bool("AuthorizeRemoteTxRequests"):
+        if (
+            (remote and not self._bool("AuthorizeRemoteTxRequests"))
+            or token_type == NO_AUTHORIZATION
+            or not self._bool("AuthEnabled")
+        ):
+            # Nobody to ask: a remote start the CSMS vouches for, a session nobody authorizes
+            # (start button), or free charging (AuthEnabled / AuthCtrlr.Enabled false).
+            log.info(
+                "token %r on EVSE %d: accepted without authorization",
+                id_tag,
+                evse.evse_id,
+                extra=log_fields(evse_id=evse.evse_id),
+            )
             self._authorized(evse, session, None, unknown_offline=False)
             self._report(evse)
             return session
@@ -407,13 +513,17 @@ class Station:
         if verdict.decision is Decision.ACCEPT:
             self._authorized(evse, session, verdict.info, unknown_offline=verdict.unknown_offline)
             if verdict.refresh and listener is not None:
-                listener.authorize(id_tag, lambda info: self._refresh(id_tag, info))
+                listener.authorize(
+                    id_tag, lambda info: self._refresh(id_tag, info), token_type=token_type
+                )
         elif verdict.decision is Decision.REJECT:
             self._cancel(evse, f"token rejected ({verdict.reason})")
         else:
             assert listener is not None
             asked = listener.authorize(
-                id_tag, lambda info: self._authorize_answer(session.session_id, id_tag, info)
+                id_tag,
+                lambda info: self._authorize_answer(session.session_id, id_tag, info),
+                token_type=token_type,
             )
             if not asked:
                 self._authorize_answer(session.session_id, id_tag, None)
@@ -524,7 +634,8 @@ class Station:
         session = evse.session
         session.transaction_id = transaction_id
         if info is not None:
-            self.authorizer.record(session.id_tag or "", info, self._wall())
+            if session.id_tag and session.id_token_type != NO_AUTHORIZATION:
+                self.authorizer.record(session.id_tag, info, self._wall())
             if info.status != "Accepted" and not session.deauthorized:
                 if self._bool("StopTransactionOnInvalidId"):
                     self._stop(evse, StopReason.DE_AUTHORIZED)
@@ -586,11 +697,19 @@ class Station:
         self._apply_station_availability()
 
     # ------------------------------------------------------------------ commands
-    def remote_start(self, evse_id: int | None, id_tag: str, limit_a: float | None = None) -> bool:
-        if not is_valid_id_tag(id_tag):
+    def remote_start(
+        self,
+        evse_id: int | None,
+        id_tag: str,
+        limit_a: float | None = None,
+        token_type: str | None = None,
+    ) -> bool:
+        try:
+            self._check_token(id_tag, token_type, free=True)
+        except InvalidArgument as exc:
             # The 1.6 schema lets "" and non-ASCII through; such a token could never be
             # authorized or cached (CiString20: 1-20 printable ASCII characters).
-            log.warning("RemoteStartTransaction with invalid idTag %r rejected", id_tag)
+            log.warning("remote start with an unusable token rejected: %s", exc)
             return False
         if evse_id is None:
             candidates = [e for e in self.evses.values() if e.session is None and self._usable(e)]
@@ -603,7 +722,7 @@ class Station:
             if found is None or found.session is not None or not self._usable(found):
                 return False
             evse = found
-        self._authorize(evse, id_tag, remote=True, limit_a=limit_a)
+        self._authorize(evse, id_tag, remote=True, limit_a=limit_a, token_type=token_type)
         return True
 
     def remote_stop(self, transaction_id: int | str) -> bool:
@@ -618,13 +737,30 @@ class Station:
                 return True
         return False
 
-    def local_start(self, evse_id: int, id_tag: str) -> str:
-        if not is_valid_id_tag(id_tag):
-            raise InvalidArgument(f"invalid idTag {id_tag!r}: 1 to 20 printable characters")
+    def local_start(self, evse_id: int, id_tag: str, token_type: str | None = None) -> str:
+        self._check_token(id_tag, token_type)
         evse = self.evse(evse_id)
         if evse.session is not None:
             raise InvalidState(f"EVSE {evse_id} already has a session")
-        return self._authorize(evse, id_tag, remote=False).session_id
+        return self._authorize(evse, id_tag, remote=False, token_type=token_type).session_id
+
+    def start_button(self, evse_id: int) -> str:
+        """C02: the EVSE's start button. Without authorization (AuthEnabled / AuthCtrlr.Enabled
+        false) it starts a session nobody authorized (2.0.1 idToken type NoAuthorization,
+        1.6 FreeVendIdTag), and stops such a session when pressed again. Returns the session
+        id. Raises InvalidState when a token is needed or the EVSE's session is a token's."""
+        evse = self.evse(evse_id)
+        session = evse.session
+        if session is not None:
+            if session.id_token_type != NO_AUTHORIZATION:
+                raise InvalidState(
+                    f"EVSE {evse_id} has a session of a token: present the token to stop it"
+                )
+            self._stop_by_token(evse, "", NO_AUTHORIZATION)
+            return session.session_id
+        if self._bool("AuthEnabled"):
+            raise InvalidState("authorization is required (AuthEnabled): present a token")
+        return self._authorize(evse, "", remote=False, token_type=NO_AUTHORIZATION).session_id
 
     def local_stop(self, evse_id: int) -> None:
         evse = self.evse(evse_id)

@@ -72,7 +72,7 @@ def test_commands_actions_and_options_complete(shell: str, tmp_path: Path) -> No
         "evsectl ": "status evse config log firmware completion",
         "evsectl c": "config completion",
         "evsectl --json st": "status",
-        "evsectl evse 1 ": "status start stop enable disable",
+        "evsectl evse 1 ": "status start stop button enable disable",
         "evsectl evse 1 st": "status start stop",
         "evsectl evse 2 start --": "--bus --help --id-tag --json --timeout",
         "evsectl config ": "get set",

@@ -9,7 +9,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from testcsms.server import Received, TestCsms
+import pytest
+
+from testcsms.server import CallErrorReceived, Received, TestCsms
 from tests.integration.conftest import DaemonProcess, eventually
 from tests.integration.ev_script import Ev
 from tests.integration.test_firmware import BUNDLE, Setup, boot, signature, signing, wait_status
@@ -163,6 +165,51 @@ async def test_rejected_sends_nothing_but_boot_and_charges_locally(
     await ev.unplug()
     await csms.wait_for(event_is("Ended"))
     assert_contiguous(events(csms))
+    assert await daemon.stop() == 0
+
+
+async def test_rejected_refuses_the_csms_until_a_triggered_boot_is_accepted(
+    csms: TestCsms, daemons: list[DaemonProcess], tmp_path: Path, dbus_address: str
+) -> None:
+    csms.boot_status = "Rejected"
+    csms.boot_interval = 300  # no unprompted retry within the test
+    daemon = await launch(write_config(tmp_path, csms, dbus_address), tmp_path, daemons)
+    await csms.wait_for(answered("BootNotification"))
+    ev = Ev(dbus_address)
+    await ev.plug()  # a status change while Rejected: held, not lost
+    # B03: every request of the CSMS is refused with SecurityError while Rejected...
+    for action, payload in (
+        ("GetVariables", {"getVariableData": [var(COMM, "HeartbeatInterval")]}),
+        (
+            "RequestStartTransaction",
+            {"idToken": {"idToken": "REMOTE-1", "type": "Central"}, "remoteStartId": 1},
+        ),
+        ("TriggerMessage", {"requestedMessage": "StatusNotification"}),
+    ):
+        with pytest.raises(CallErrorReceived) as refused:
+            await csms.call(CP, action, payload)
+        assert refused.value.error_code == "SecurityError", action
+        assert "Rejected" in refused.value.description
+    await asyncio.sleep(0.5)
+    assert set(outgoing_calls(csms)) == {"BootNotification"}
+    assert daemon.process.returncode is None
+    # ...except TriggerMessage(BootNotification): the CSMS lets the station register again.
+    csms.boot_status = "Accepted"
+    assert await csms.call(CP, "TriggerMessage", {"requestedMessage": "BootNotification"}) == {
+        "status": "Accepted"
+    }
+    await csms.wait_for(answered("BootNotification"), count=2)
+    await csms.wait_for(status_is("Occupied"))  # the held status change goes out now
+    [value] = await get(csms, var(COMM, "HeartbeatInterval"))
+    assert value["attributeStatus"] == "Accepted"
+    # Registered: a further boot trigger is Rejected (F06.FR.17), not a SecurityError.
+    assert await csms.call(CP, "TriggerMessage", {"requestedMessage": "BootNotification"}) == {
+        "status": "Rejected"
+    }
+    mark = len(csms.received)
+    await ev.unplug()
+    await csms.wait_for(status_is("Available"), since=mark)
+    assert [b["reason"] for b in calls(csms, "BootNotification")] == ["PowerUp"] * 2
     assert await daemon.stop() == 0
 
 

@@ -4,7 +4,9 @@ unlock, reset, clear cache, data transfer.
 Each handler does the work before it answers Accepted; what the station refuses is Rejected.
 Reset stops every transaction with reason SoftReset / HardReset (queued durably first) and then
 asks the daemon to restart the process (`request_reset`); a Hard reset on a real charger is a
-reboot, which this daemon delegates to the same restart for now.
+reboot, which this daemon delegates to the same restart for now. While a firmware update
+installs (`reset_refusal`, as for 2.0.1) a Reset of either type is Rejected and nothing is
+stopped: the update ends with its own reboot.
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ class Remote:
         self.request_reset = request_reset
         self.spawn = spawn
         self.vendors: dict[str, VendorHandler] = {}
+        #: Why a Reset must be Rejected now (a firmware update is installing), or None; the
+        #: assembler sets it (service/charger.py) from the firmware manager's state.
+        self.reset_refusal: Callable[[], str | None] = lambda: None
         v16 = OcppVersion.V16
         engine.register(v16, "RemoteStartTransaction", self.remote_start)
         engine.register(v16, "RemoteStopTransaction", self.remote_stop)
@@ -129,6 +134,10 @@ class Remote:
 
     def reset(self, call: Call) -> JsonDict:
         kind = call.payload["type"]
+        refusal = self.reset_refusal()
+        if refusal is not None:
+            log.warning("%s reset requested by the CSMS rejected: %s", kind, refusal)
+            return {"status": "Rejected"}
         reason = StopReason.HARD_RESET if kind == "Hard" else StopReason.SOFT_RESET
         stopped = self.station.stop_all(reason)
         log.warning("%s reset requested by the CSMS; %d transaction(s) stopped", kind, stopped)

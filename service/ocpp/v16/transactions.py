@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from service.ocpp.engine import Engine, Outcome, Registration
-from service.station.auth import IdTagInfo
+from service.station.auth import ID_TAG_MAX_LENGTH, NO_AUTHORIZATION, IdTagInfo
 from service.station.model import ConnectorStatus, Session, StopReason
 from service.station.station import Station
 
@@ -22,6 +22,9 @@ log = logging.getLogger("evsed.ocpp.v16")
 
 
 class V16StationLink:
+    #: 1.6 idTag is CiString20 (the station refuses longer tokens while 1.6 speaks).
+    id_token_max_length = ID_TAG_MAX_LENGTH
+
     def __init__(self, engine: Engine, station: Station) -> None:
         self.engine = engine
         self.station = station
@@ -45,7 +48,13 @@ class V16StationLink:
             payload["info"] = info[:50]
         self.engine.enqueue("StatusNotification", payload, transaction=False)
 
-    def authorize(self, id_tag: str, done: Callable[[IdTagInfo | None], None]) -> bool:
+    def authorize(
+        self,
+        id_tag: str,
+        done: Callable[[IdTagInfo | None], None],
+        *,
+        token_type: str | None = None,  # no token types in 1.6
+    ) -> bool:
         def finished(outcome: Outcome) -> None:
             if outcome.payload is None:
                 log.warning("Authorize for %s failed: %s", id_tag, outcome.error_code)
@@ -55,12 +64,20 @@ class V16StationLink:
 
         return self.engine.request("Authorize", {"idTag": id_tag}, finished)
 
+    def _id_tag(self, id_tag: str | None, token_type: str | None) -> str:
+        """The 1.6 idTag of a token: a session nobody authorized (free charging, start button)
+        goes out under the FreeVendIdTag key's value, as 1.6 has no token-less transaction."""
+        if token_type == NO_AUTHORIZATION or not id_tag:
+            value = self.station.cfg.get("FreeVendIdTag")
+            return value if isinstance(value, str) and value else "FreeCharging"
+        return id_tag
+
     def transaction_started(self, session: Session) -> None:
         self.engine.enqueue(
             "StartTransaction",
             {
                 "connectorId": session.evse_id,
-                "idTag": session.id_tag or "",
+                "idTag": self._id_tag(session.id_tag, session.id_token_type),
                 "meterStart": round(session.meter_start_wh),
                 "timestamp": session.start_timestamp,
             },
@@ -84,8 +101,11 @@ class V16StationLink:
             "timestamp": timestamp,
             "reason": reason.value,
         }
-        if session.id_tag:
-            payload["idTag"] = session.id_tag
+        if session.stop_id_tag is not None:
+            # The token that stopped it (the same, or another of its group).
+            payload["idTag"] = self._id_tag(session.stop_id_tag, session.stop_id_token_type)
+        elif session.id_tag or session.id_token_type == NO_AUTHORIZATION:
+            payload["idTag"] = self._id_tag(session.id_tag, session.id_token_type)
         if transaction_data:
             payload["transactionData"] = transaction_data
         self.engine.enqueue("StopTransaction", payload, transaction=True, tx_ref=session.session_id)

@@ -78,7 +78,7 @@ from service.ocpp.v201.tx_data import (
     reading_context,
 )
 from service.station import metering
-from service.station.auth import IdTagInfo
+from service.station.auth import ID_TOKEN_MAX_LENGTH, NO_AUTHORIZATION, IdTagInfo
 from service.station.model import Availability, ConnectorStatus, Session, StopReason
 from service.station.station import Station
 from service.store.db import Database
@@ -122,6 +122,9 @@ class _RemoteStart:
 
 
 class V201StationLink:
+    #: 2.0.1 IdTokenType.idToken: up to 36 characters.
+    id_token_max_length = ID_TOKEN_MAX_LENGTH
+
     def __init__(
         self,
         engine: Engine,
@@ -188,6 +191,10 @@ class V201StationLink:
 
     def _measurands(self, component: str, variable: str) -> list[str]:
         return metering.parse_measurands(self.device_model.get(component, variable) or "")
+
+    def _sign_readings(self) -> bool:
+        """SampledDataCtrlr.SignReadings: energy values carry the meter's signature."""
+        return self.device_model.get("SampledDataCtrlr", "SignReadings") == "true"
 
     def _int_setting(self, component: str, variable: str) -> int:
         value = self.device_model.get(component, variable)
@@ -321,10 +328,21 @@ class V201StationLink:
             for payload in self.status_payloads(evse_id, timestamp, state=state):
                 self.engine.enqueue("StatusNotification", payload, transaction=False, version=V201)
 
-    def id_token(self, id_tag: str) -> dict[str, str]:
-        return {"idToken": id_tag, "type": self._token_types.get(id_tag, DEFAULT_TOKEN_TYPE)}
+    def id_token(self, id_tag: str, token_type: str | None = None) -> dict[str, str]:
+        """The IdTokenType of a token: its own type when the station knows it, else the one a
+        CSMS request gave it, else the reader's (ISO14443)."""
+        if token_type == NO_AUTHORIZATION:
+            return {"idToken": "", "type": NO_AUTHORIZATION}
+        kind = token_type or self._token_types.get(id_tag, DEFAULT_TOKEN_TYPE)
+        return {"idToken": id_tag, "type": kind}
 
-    def authorize(self, id_tag: str, done: Callable[[IdTagInfo | None], None]) -> bool:
+    def authorize(
+        self,
+        id_tag: str,
+        done: Callable[[IdTagInfo | None], None],
+        *,
+        token_type: str | None = None,
+    ) -> bool:
         def finished(outcome: Outcome) -> None:
             if outcome.payload is None:
                 log.warning("Authorize for %s failed: %s", id_tag, outcome.error_code)
@@ -338,7 +356,8 @@ class V201StationLink:
                 return
             done(info)
 
-        return self.engine.request("Authorize", {"idToken": self.id_token(id_tag)}, finished)
+        token = self.id_token(id_tag, token_type)
+        return self.engine.request("Authorize", {"idToken": token}, finished)
 
     def transaction_started(self, session: Session) -> None:
         # Called before the station applies power: the state is EVConnected until the
@@ -377,9 +396,17 @@ class V201StationLink:
             transaction_data,
             sampled_interval=self._int_setting("SampledDataCtrlr", "TxEndedInterval"),
             aligned_interval=self._int_setting("AlignedDataCtrlr", "TxEndedInterval"),
+            signed=self._sign_readings(),
             ended_measurands=self._measurands("SampledDataCtrlr", "TxEndedMeasurands"),
             meter_stop_wh=meter_stop_wh,
             timestamp=timestamp,
+        )
+        # E07 / C09: the token that stopped it (the same, or another of its group) goes in the
+        # event that tells the stop.
+        stop_token = (
+            None
+            if session.stop_id_tag is None
+            else self.id_token(session.stop_id_tag, session.stop_id_token_type)
         )
         cable = evse is not None and self._cable(evse)
         outlives = (
@@ -392,16 +419,23 @@ class V201StationLink:
             # TxStopPoint EVConnected alone: the transaction ends when the cable goes.
             tx.stopped_reason = stopped
             tx.ended_values = values
-            self._event(tx, "Updated", trigger, timestamp=timestamp, charging_state="EVConnected")
+            self._event(
+                tx,
+                "Updated",
+                trigger,
+                timestamp=timestamp,
+                charging_state="EVConnected",
+                id_token=stop_token,
+            )
         else:
-            self._ended(tx, trigger, stopped, values, timestamp=timestamp)
+            self._ended(tx, trigger, stopped, values, timestamp=timestamp, id_token=stop_token)
         if evse is not None and session.evse_id in self._seen:
             self._seen[session.evse_id] = self._observe(session.evse_id)
 
     def meter_values(
         self, evse_id: int, session: Session | None, meter_value: dict[str, Any]
     ) -> None:
-        value = meter_value_v201(meter_value)
+        value = meter_value_v201(meter_value, signed=self._sign_readings())
         if value is None:
             return
         context = reading_context(meter_value)
@@ -646,6 +680,7 @@ class V201StationLink:
                 context="Transaction.Begin",
                 offered_current_a=evse.offered_a,
                 phases=evse.phases,
+                signed=self._sign_readings(),
             )
             if values:
                 meter.append(metering.meter_value(timestamp or self.engine.timestamp(), values))
@@ -667,6 +702,7 @@ class V201StationLink:
         values: list[dict[str, Any]],
         *,
         timestamp: str | None = None,
+        id_token: dict[str, str] | None = None,
     ) -> None:
         log.info(
             "2.0.1 transaction %s on EVSE %d ended (%s, %s)",
@@ -688,6 +724,7 @@ class V201StationLink:
             charging_state=state,
             stopped_reason=reason,
             meter=values,
+            id_token=id_token,
         )
 
     def _event(
@@ -700,8 +737,11 @@ class V201StationLink:
         charging_state: str | None = None,
         stopped_reason: str | None = None,
         meter: list[dict[str, Any]] | None = None,
+        id_token: dict[str, str] | None = None,
     ) -> None:
-        """Queue one TransactionEvent and persist the transaction with it (one commit)."""
+        """Queue one TransactionEvent and persist the transaction with it (one commit).
+        `id_token`: a token this event reports besides the transaction's own (the stopping
+        one)."""
         evse = self.station.evses.get(tx.evse_id)
         info: dict[str, Any] = {"transactionId": tx.transaction_id}
         if charging_state is not None and (
@@ -713,8 +753,10 @@ class V201StationLink:
             info["stoppedReason"] = stopped_reason
         session = evse.session if evse is not None else None
         if session is not None and session.session_id == tx.session_id and session.authorized:
-            if tx.id_token is None and session.id_tag:
-                tx.id_token = self.id_token(session.id_tag)
+            if tx.id_token is None and (
+                session.id_tag or session.id_token_type == NO_AUTHORIZATION
+            ):
+                tx.id_token = self.id_token(session.id_tag or "", session.id_token_type)
             pending = self._remote.get(tx.evse_id)
             if session.remote and pending is not None and tx.remote_start_id is None:
                 tx.remote_start_id = pending.remote_start_id
@@ -743,6 +785,8 @@ class V201StationLink:
         if tx.id_token is not None and not tx.id_token_sent:
             payload["idToken"] = dict(tx.id_token)
             tx.id_token_sent = True
+        elif id_token is not None:
+            payload["idToken"] = dict(id_token)
         if meter:
             payload["meterValue"] = meter
         tx.seq_no += 1
@@ -775,6 +819,7 @@ class V201StationLink:
                 context="Trigger",
                 offered_current_a=evse.offered_a,
                 phases=evse.phases,
+                signed=self._sign_readings(),
             )
             if values:
                 meter.append(metering.meter_value(self.engine.timestamp(), values))

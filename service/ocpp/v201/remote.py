@@ -9,8 +9,9 @@ Each handler does the work before it answers Accepted; what the station refuses 
   first schedule's first period becomes the session's current limit (as 1.6 RemoteStart does;
   A, or W at the nominal voltage). The remoteStartId goes out in the transaction's next
   TransactionEvent. Without evseId the charger picks an EVSE (a plugged-in one first). An
-  idToken longer than 20 characters or not printable ASCII is Rejected: the station's
-  authorization (cache, 1.6 keys) keeps 1.6 idTags.
+  idToken of 1 to 36 printable ASCII characters is taken (evsed keeps tokens printable, as
+  its cache and local list share them with 1.6), or an empty one of type NoAuthorization
+  (started without authorization); anything else is Rejected (InvalidIdToken).
 * UnlockConnector: OngoingAuthorizedTransaction while an authorized session runs (F05.FR.02);
   otherwise the lock is released (Unlocked). UnknownConnector for an EVSE or connector that
   does not exist.
@@ -43,7 +44,7 @@ from service.ocpp.v16.remote import VendorHandler, tx_profile_limit_a, vendor_an
 from service.ocpp.v201 import provisioning
 from service.ocpp.v201.link import V201StationLink
 from service.station import metering
-from service.station.auth import is_valid_id_tag
+from service.station.auth import ID_TOKEN_MAX_LENGTH, NO_AUTHORIZATION, is_valid_id_tag
 from service.station.model import StopReason
 from service.station.station import Station
 
@@ -108,9 +109,12 @@ class V201Remote:
         evse_id: int | None = p.get("evseId")
         if evse_id is not None and evse_id not in self.station.evses:
             return _status("Rejected", "UnknownEvse", f"no EVSE {evse_id}")
-        if not is_valid_id_tag(token["idToken"]):
+        free = token["type"] == NO_AUTHORIZATION and token["idToken"] == ""
+        if not free and not is_valid_id_tag(token["idToken"], ID_TOKEN_MAX_LENGTH):
             return _status(
-                "Rejected", "InvalidIdToken", "idToken must be 1 to 20 printable ASCII characters"
+                "Rejected",
+                "InvalidIdToken",
+                f"idToken must be 1 to {ID_TOKEN_MAX_LENGTH} printable ASCII characters",
             )
         limit: float | None = None
         profile = p.get("chargingProfile")
@@ -127,7 +131,7 @@ class V201Remote:
             )
         for candidate in self._candidates(evse_id):
             self.link.expect_remote_start(candidate, remote_start_id, token)
-            if self.station.remote_start(candidate, token["idToken"], limit):
+            if self.station.remote_start(candidate, token["idToken"], limit, token["type"]):
                 answer = _status("Accepted")
                 tx = self.link.transaction_of(candidate)
                 if tx is not None:

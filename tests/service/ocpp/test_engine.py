@@ -76,8 +76,10 @@ class Harness:
         self.engine.connection_opened(OcppVersion.V16)
         [frame] = self.sent()
         assert frame[2] == "BootNotification"
-        self.answer(frame[1], {"status": status, "currentTime": "2027-01-15T08:00:00Z",
-                               "interval": interval})
+        self.answer(
+            frame[1],
+            {"status": status, "currentTime": "2027-01-15T08:00:00Z", "interval": interval},
+        )
 
 
 @pytest.fixture
@@ -98,8 +100,11 @@ def test_boot_accepted_sets_heartbeat_and_time(h: Harness) -> None:
 
 
 def test_nothing_but_boot_is_sent_before_accepted(h: Harness) -> None:
-    h.engine.enqueue("StatusNotification", {"connectorId": 0, "errorCode": "NoError",
-                                            "status": "Available"}, transaction=False)
+    h.engine.enqueue(
+        "StatusNotification",
+        {"connectorId": 0, "errorCode": "NoError", "status": "Available"},
+        transaction=False,
+    )
     h.boot(status="Pending", interval=30)
     assert h.engine.registration is Registration.PENDING
     # Pending waits for the CSMS: no unprompted resend, no queued message, no heartbeat.
@@ -111,13 +116,13 @@ def test_nothing_but_boot_is_sent_before_accepted(h: Harness) -> None:
 
 def test_pending_then_trigger_boot(h: Harness) -> None:
     h.boot(status="Pending", interval=30)
-    h.engine.receive(json.dumps([2, "csms-1", "TriggerMessage",
-                                 {"requestedMessage": "BootNotification"}]))
+    h.engine.receive(
+        json.dumps([2, "csms-1", "TriggerMessage", {"requestedMessage": "BootNotification"}])
+    )
     result, boot = h.sent()
     assert result == [3, "csms-1", {"status": "Accepted"}]
     assert boot[2] == "BootNotification"
-    h.answer(boot[1], {"status": "Accepted", "currentTime": "2027-01-15T08:00:00Z",
-                       "interval": 60})
+    h.answer(boot[1], {"status": "Accepted", "currentTime": "2027-01-15T08:00:00Z", "interval": 60})
     assert h.engine.registration is Registration.ACCEPTED
 
 
@@ -189,12 +194,18 @@ def test_callerror_counts_attempts_then_drops(h: Harness) -> None:
 
 def test_start_transaction_id_patched_into_stop(h: Harness) -> None:
     h.boot()
-    h.engine.enqueue("StartTransaction", {"connectorId": 1, "idTag": "T", "meterStart": 0,
-                                          "timestamp": "2027-01-15T08:00:00Z"},
-                     transaction=True, tx_ref="local-1")
-    h.engine.enqueue("StopTransaction", {"transactionId": None, "meterStop": 10,
-                                         "timestamp": "2027-01-15T09:00:00Z"},
-                     transaction=True, tx_ref="local-1")
+    h.engine.enqueue(
+        "StartTransaction",
+        {"connectorId": 1, "idTag": "T", "meterStart": 0, "timestamp": "2027-01-15T08:00:00Z"},
+        transaction=True,
+        tx_ref="local-1",
+    )
+    h.engine.enqueue(
+        "StopTransaction",
+        {"transactionId": None, "meterStop": 10, "timestamp": "2027-01-15T09:00:00Z"},
+        transaction=True,
+        tx_ref="local-1",
+    )
     [start] = h.sent()
     h.answer(start[1], {"transactionId": 4242, "idTagInfo": {"status": "Accepted"}})
     [stop] = h.sent()
@@ -204,12 +215,18 @@ def test_start_transaction_id_patched_into_stop(h: Harness) -> None:
 def test_stop_without_csms_id_is_never_sent_as_minus_one(h: Harness) -> None:
     h.keys.transaction_message_attempts = 1
     h.boot()
-    h.engine.enqueue("StartTransaction", {"connectorId": 1, "idTag": "T", "meterStart": 0,
-                                          "timestamp": "2027-01-15T08:00:00Z"},
-                     transaction=True, tx_ref="local-1")
-    h.engine.enqueue("StopTransaction", {"transactionId": None, "meterStop": 10,
-                                         "timestamp": "2027-01-15T09:00:00Z"},
-                     transaction=True, tx_ref="local-1")
+    h.engine.enqueue(
+        "StartTransaction",
+        {"connectorId": 1, "idTag": "T", "meterStart": 0, "timestamp": "2027-01-15T08:00:00Z"},
+        transaction=True,
+        tx_ref="local-1",
+    )
+    h.engine.enqueue(
+        "StopTransaction",
+        {"transactionId": None, "meterStop": 10, "timestamp": "2027-01-15T09:00:00Z"},
+        transaction=True,
+        tx_ref="local-1",
+    )
     [start] = h.sent()
     h.engine.receive(json.dumps([4, start[1], "InternalError", "no", {}]))
     assert h.sent() == []
@@ -278,10 +295,16 @@ def test_invalid_outbound_payload_refused_before_storing(h: Harness) -> None:
         ('[2, "x", "BootNotification", {}]', "NotSupported", "x"),
         ('[2, "x", "TriggerMessage", {}]', "OccurenceConstraintViolation", "x"),
         ('[2, "x", "TriggerMessage", {"requestedMessage": 5}]', "TypeConstraintViolation", "x"),
-        ('[2, "x", "TriggerMessage", {"requestedMessage": "Coffee"}]',
-         "PropertyConstraintViolation", "x"),
-        ('[2, "x", "TriggerMessage", {"requestedMessage": "Heartbeat", "extra": 1}]',
-         "FormationViolation", "x"),
+        (
+            '[2, "x", "TriggerMessage", {"requestedMessage": "Coffee"}]',
+            "PropertyConstraintViolation",
+            "x",
+        ),
+        (
+            '[2, "x", "TriggerMessage", {"requestedMessage": "Heartbeat", "extra": 1}]',
+            "FormationViolation",
+            "x",
+        ),
     ],
 )
 def test_malformed_inbound_v16(h: Harness, frame: str, code: str, unique_id: str) -> None:
@@ -309,8 +332,9 @@ def test_malformed_inbound_v201(h: Harness, frame: str, code: str) -> None:
     v201_provisioning.install(h.engine, registered=lambda: True)
     h.engine.connection_opened(OcppVersion.V201)
     [boot] = h.sent()
-    h.answer(boot[1], {"status": "Accepted", "currentTime": "2027-01-15T08:00:00Z",
-                       "interval": 300})
+    h.answer(
+        boot[1], {"status": "Accepted", "currentTime": "2027-01-15T08:00:00Z", "interval": 300}
+    )
     h.engine.receive(frame)
     [reply] = h.sent()
     assert reply[0] == 4 and reply[2] == code
@@ -335,8 +359,12 @@ def test_message_recorded_before_valid_time_gets_the_true_time(tmp_path: Path) -
     h = Harness(tmp_path / "db", wall=3600.0)  # RTC at 1970, no NTP
     stamp = h.engine.timestamp()
     assert stamp.startswith("@mono:")
-    h.engine.enqueue("StartTransaction", {"connectorId": 1, "idTag": "T", "meterStart": 0,
-                                          "timestamp": stamp}, transaction=True, tx_ref="t")
+    h.engine.enqueue(
+        "StartTransaction",
+        {"connectorId": 1, "idTag": "T", "meterStart": 0, "timestamp": stamp},
+        transaction=True,
+        tx_ref="t",
+    )
     h.clock.advance(90)  # the CSMS is reached 90 s later and tells the time
     h.boot()
     [start] = h.sent()
@@ -348,9 +376,12 @@ def test_message_recorded_before_valid_time_gets_the_true_time(tmp_path: Path) -
 
 def test_marker_from_an_earlier_run_uses_send_time(tmp_path: Path) -> None:
     h = Harness(tmp_path / "db", wall=3600.0)
-    h.engine.enqueue("StartTransaction", {"connectorId": 1, "idTag": "T", "meterStart": 0,
-                                          "timestamp": "@mono:other-run:12.000"},
-                     transaction=True, tx_ref="t")
+    h.engine.enqueue(
+        "StartTransaction",
+        {"connectorId": 1, "idTag": "T", "meterStart": 0, "timestamp": "@mono:other-run:12.000"},
+        transaction=True,
+        tx_ref="t",
+    )
     h.boot()
     [start] = h.sent()
     assert start[3]["timestamp"].startswith("2027-01-15T08:00:00")
@@ -361,8 +392,9 @@ class FullDiskQueue(DurableQueue):
 
     full = True
 
-    def complete(self, seq: int, *, tx_ref: str | None = None,
-                 csms_transaction_id: str | int | None = None) -> None:
+    def complete(
+        self, seq: int, *, tx_ref: str | None = None, csms_transaction_id: str | int | None = None
+    ) -> None:
         if self.full:
             raise StoreFullError("database or disk is full")
         super().complete(seq, tx_ref=tx_ref, csms_transaction_id=csms_transaction_id)
@@ -410,3 +442,154 @@ def test_deferred_answer_goes_out_later_and_not_on_a_new_connection(h: Harness) 
     h.engine.connection_opened(OcppVersion.V16)
     pending[1].resolve({"status": "Accepted"})
     assert all(frame[1] != "dt-2" for frame in h.sent())
+
+
+# -- OCPP 2.0.1 B03: a Rejected station answers the CSMS with SecurityError ------------------
+
+STATUS_201 = {
+    "timestamp": "2027-01-15T08:00:00Z",
+    "connectorStatus": "Available",
+    "evseId": 1,
+    "connectorId": 1,
+}
+
+
+def boot_201(h: Harness, status: str, interval: int = 600) -> None:
+    [boot] = h.sent()
+    assert boot[2] == "BootNotification"
+    h.answer(
+        boot[1], {"status": status, "currentTime": "2027-01-15T08:00:00Z", "interval": interval}
+    )
+
+
+def rejected_201(h: Harness) -> None:
+    v201_provisioning.install(
+        h.engine, registered=lambda: h.engine.registration is Registration.ACCEPTED
+    )
+    h.engine.connection_opened(OcppVersion.V201)
+    boot_201(h, "Rejected")
+    assert h.engine.registration is Registration.REJECTED
+
+
+def call(h: Harness, unique_id: str, action: str, payload: dict[str, Any]) -> list[list[Any]]:
+    h.engine.receive(json.dumps([2, unique_id, action, payload]))
+    return h.sent()
+
+
+REFUSED = [
+    (
+        "GetVariables",
+        {
+            "getVariableData": [
+                {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"}}
+            ]
+        },
+    ),
+    (
+        "RequestStartTransaction",
+        {"idToken": {"idToken": "A", "type": "Central"}, "remoteStartId": 1},
+    ),
+    ("TriggerMessage", {"requestedMessage": "Heartbeat"}),
+    ("TriggerMessage", {"requestedMessage": "StatusNotification"}),
+    ("TriggerMessage", {}),  # malformed: still not registered first
+    ("Reset", {"type": "Bogus"}),
+    ("Teleport", {}),  # not an action at all
+]
+
+
+def test_v201_rejected_answers_every_call_with_security_error(h: Harness) -> None:
+    h.engine.enqueue("StatusNotification", STATUS_201, transaction=False, version=OcppVersion.V201)
+    rejected_201(h)
+    for n, (action, payload) in enumerate(REFUSED):
+        [reply] = call(h, f"c-{n}", action, payload)
+        assert reply == [
+            4,
+            f"c-{n}",
+            "SecurityError",
+            "not registered: BootNotification was Rejected",
+            {},
+        ], action
+    # Nothing was sent, nothing dropped: the queued message waits.
+    h.clock.advance(599)
+    h.engine.tick()
+    assert h.sent() == []
+    assert h.engine.queue_length == 1
+
+
+def test_v201_rejected_trigger_boot_registers_and_releases_the_queue(h: Harness) -> None:
+    h.engine.enqueue("StatusNotification", STATUS_201, transaction=False, version=OcppVersion.V201)
+    rejected_201(h)
+    result, boot = call(h, "t-1", "TriggerMessage", {"requestedMessage": "BootNotification"})
+    assert result == [3, "t-1", {"status": "Accepted"}]
+    assert boot[2] == "BootNotification"
+    h.answer(
+        boot[1], {"status": "Accepted", "currentTime": "2027-01-15T08:00:00Z", "interval": 300}
+    )
+    assert h.engine.registration is Registration.ACCEPTED
+    [status] = h.sent()
+    assert status[2] == "StatusNotification" and status[3] == STATUS_201
+    h.answer(status[1], {})
+    assert h.engine.queue_length == 0
+    # Registered: the CSMS's requests are answered again.
+    result, heartbeat = call(h, "t-2", "TriggerMessage", {"requestedMessage": "Heartbeat"})
+    assert result == [3, "t-2", {"status": "Accepted"}] and heartbeat[2] == "Heartbeat"
+
+
+def test_v201_rejected_again_and_across_reconnects_keeps_refusing(h: Harness) -> None:
+    h.engine.enqueue("StatusNotification", STATUS_201, transaction=False, version=OcppVersion.V201)
+    rejected_201(h)
+    # The triggered boot is Rejected again: still refusing, still holding the queue.
+    result, boot = call(h, "t-1", "TriggerMessage", {"requestedMessage": "BootNotification"})
+    assert result[0] == 3
+    h.answer(
+        boot[1], {"status": "Rejected", "currentTime": "2027-01-15T08:00:00Z", "interval": 0}
+    )  # 0: the charger picks its own wait
+    [reply] = call(h, "c-1", "TriggerMessage", {"requestedMessage": "Heartbeat"})
+    assert reply[2] == "SecurityError"
+    # A reconnect before the interval is over: no boot yet, still refused.
+    h.engine.connection_closed()
+    h.engine.connection_opened(OcppVersion.V201)
+    assert h.sent() == []
+    [reply] = call(h, "c-2", "GetVariables", {"getVariableData": []})
+    assert reply[2] == "SecurityError"
+    # The retry after the default wait; this time Accepted.
+    h.clock.advance(h.engine.options.boot_retry_default_s)
+    h.engine.tick()
+    boot_201(h, "Accepted", 300)
+    [status] = h.sent()
+    assert status[2] == "StatusNotification"
+
+
+def test_v201_pending_keeps_answering(h: Harness) -> None:
+    v201_provisioning.install(h.engine, registered=lambda: False)
+    h.engine.connection_opened(OcppVersion.V201)
+    boot_201(h, "Pending")
+    result, heartbeat = call(h, "p-1", "TriggerMessage", {"requestedMessage": "Heartbeat"})
+    assert result == [3, "p-1", {"status": "Accepted"}] and heartbeat[2] == "Heartbeat"
+
+
+def test_v16_rejected_keeps_answering(h: Harness) -> None:
+    h.boot(status="Rejected", interval=600)
+    [result, *_] = call(h, "r-1", "TriggerMessage", {"requestedMessage": "Heartbeat"})
+    assert result == [3, "r-1", {"status": "Accepted"}]
+
+
+def test_v201_security_error_then_rejected_keeps_the_message(h: Harness) -> None:
+    v201_provisioning.install(
+        h.engine, registered=lambda: h.engine.registration is Registration.ACCEPTED
+    )
+    h.engine.connection_opened(OcppVersion.V201)
+    boot_201(h, "Accepted", 300)
+    h.engine.enqueue("StatusNotification", STATUS_201, transaction=False)
+    [status] = h.sent()
+    # The CSMS lost the registration: it refuses the message, the charger boots again...
+    h.engine.receive(json.dumps([4, status[1], "SecurityError", "who are you", {}]))
+    boot_201(h, "Rejected")  # ...and is Rejected this time.
+    [reply] = call(h, "c-1", "TriggerMessage", {"requestedMessage": "StatusNotification"})
+    assert reply[2] == "SecurityError"
+    assert h.engine.queue_length == 1
+    h.clock.advance(600)
+    h.engine.tick()
+    boot_201(h, "Accepted", 300)
+    [again] = h.sent()
+    assert again[1] == status[1]  # the same message, the same id

@@ -85,7 +85,13 @@ class Recorder:
     ) -> None:
         self.statuses.append((evse_id, status, error_code))
 
-    def authorize(self, id_tag: str, done: Callable[[IdTagInfo | None], None]) -> bool:
+    def authorize(
+        self,
+        id_tag: str,
+        done: Callable[[IdTagInfo | None], None],
+        *,
+        token_type: str | None = None,
+    ) -> bool:
         self.requests.append((id_tag, done))
         return self.reachable
 
@@ -801,6 +807,98 @@ async def test_the_same_token_stops_and_another_is_ignored(rig: Rig) -> None:
     assert [stop.reason for stop in rig.listener.stops] == [StopReason.LOCAL]
     assert rig.session() is None
     assert not rig.contactor()
+
+
+async def test_group_token_unknown_locally_is_asked_and_stops_with_its_own_tag(rig: Rig) -> None:
+    """C09 / 1.6 parentIdTag: a token whose group is not known locally is authorized with the
+    CSMS; the same group stops the session, and the stop names the stopping token."""
+    await plug(rig)
+    await present(rig, TAG)
+    _, done = rig.listener.requests[-1]
+    done(IdTagInfo(AuthStatus.ACCEPTED, None, "FLEET"))
+    await rig.read()
+    session = rig.session()
+    assert session is not None and session.started and session.parent_id_tag == "FLEET"
+    await present(rig, "OUTSIDER")
+    assert rig.listener.requests[-1][0] == "OUTSIDER"  # asked, not ignored blindly
+    rig.listener.requests[-1][1](IdTagInfo(AuthStatus.ACCEPTED, None, "OTHERS"))
+    assert rig.session() is session and rig.listener.stops == []
+    await present(rig, "COLLEAGUE")
+    rig.listener.requests[-1][1](IdTagInfo(AuthStatus.ACCEPTED, None, "FLEET"))
+    [stop] = rig.listener.stops
+    assert stop.reason is StopReason.LOCAL and stop.session.stop_id_tag == "COLLEAGUE"
+    # The answers were cached: the colleague's group is known locally now.
+    assert rig.station.authorizer.group_of("COLLEAGUE", rig.clock.wall) == "FLEET"
+
+
+async def test_group_token_offline_is_ignored(rig: Rig) -> None:
+    await plug(rig)
+    await present(rig, TAG)
+    rig.listener.requests[-1][1](IdTagInfo(AuthStatus.ACCEPTED, None, "FLEET"))
+    asked = len(rig.listener.requests)
+    rig.listener.online = False
+    await present(rig, "COLLEAGUE")  # cannot be asked: not of the group as far as is known
+    assert len(rig.listener.requests) == asked
+    assert rig.listener.stops == [] and rig.session() is not None
+
+
+async def test_token_length_follows_the_protocol_in_use(rig: Rig) -> None:
+    long_token = "E" * 36
+    with pytest.raises(InvalidArgument, match="1 to 20"):
+        rig.station.token_presented(1, long_token)  # the recorder speaks 1.6 (no limit given)
+    rig.listener.id_token_max_length = 36  # type: ignore[attr-defined]
+    rig.station.token_presented(1, long_token, "eMAID")
+    session = rig.session()
+    assert session is not None
+    assert (session.id_tag, session.id_token_type) == (long_token, "eMAID")
+    assert rig.listener.requests[-1][0] == long_token
+    for bad, kind in (("E" * 37, None), ("caf\u00e9", None), ("", None), ("X", "Bogus")):
+        with pytest.raises(InvalidArgument):
+            rig.station.token_presented(2, bad, kind)
+    with pytest.raises(InvalidArgument, match="NoAuthorization"):
+        rig.station.token_presented(2, "", "NoAuthorization")
+    assert rig.session(2) is None
+
+
+async def test_start_button_needs_authorization_off(make_rig: MakeRig) -> None:
+    rig = await make_rig()
+    with pytest.raises(InvalidState, match="AuthEnabled"):
+        rig.station.start_button(1)
+    assert rig.session() is None
+
+
+async def test_free_charging_starts_at_plug_in_and_the_button_stops_it(
+    make_rig: MakeRig,
+) -> None:
+    rig = await make_rig(AuthEnabled=False)
+    await plug(rig)
+    await rig.read()
+    session = rig.session()
+    assert session is not None and session.started and session.authorized
+    assert (session.id_tag, session.id_token_type) == ("", "NoAuthorization")
+    assert rig.listener.requests == []  # nobody asked
+    assert rig.contactor()
+    # A card is taken without asking either, but this EVSE is busy with the free session.
+    with pytest.raises(InvalidState, match="already has a session"):
+        rig.station.local_start(1, TAG)
+    rig.station.start_button(1)  # pressed again: stops it
+    [stop] = rig.listener.stops
+    assert stop.reason is StopReason.LOCAL and stop.session.stop_id_token_type == "NoAuthorization"
+    assert not rig.contactor()
+    # The cable still in: no new session until it is plugged in again or the button pressed.
+    assert rig.session() is None
+    session_id = rig.station.start_button(1)
+    again = rig.session()
+    assert again is not None and again.session_id == session_id and again.started
+
+
+async def test_free_charging_takes_tokens_without_asking(make_rig: MakeRig) -> None:
+    rig = await make_rig(AuthEnabled=False)
+    await present(rig, TAG, evse_id=2)
+    await plug(rig, 2)
+    session = rig.session(2)
+    assert session is not None and session.started and session.id_tag == TAG
+    assert rig.listener.requests == []
 
 
 # -- 14. unlock -----------------------------------------------------------------------------

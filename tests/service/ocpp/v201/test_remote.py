@@ -134,8 +134,16 @@ async def test_remote_start_refusals(rig: Rig) -> None:
         )
 
     assert start(evseId=5)["statusInfo"]["reasonCode"] == "UnknownEvse"
-    long_token = {"idToken": "X" * 21, "type": "Central"}
-    refused = rig.result("RequestStartTransaction", {"idToken": long_token, "remoteStartId": 1})
+    # Printable ASCII only (the cache and the local list share tokens with 1.6).
+    odd_token = {"idToken": "caf\u00e9", "type": "Central"}
+    refused = rig.result("RequestStartTransaction", {"idToken": odd_token, "remoteStartId": 1})
+    assert (refused["status"], refused["statusInfo"]["reasonCode"]) == (
+        "Rejected",
+        "InvalidIdToken",
+    )
+    # An empty idToken is only a NoAuthorization one.
+    empty = {"idToken": "", "type": "Central"}
+    refused = rig.result("RequestStartTransaction", {"idToken": empty, "remoteStartId": 1})
     assert refused["status"] == "Rejected"
     assert start(evseId=1) == {"status": "Accepted"}
     busy = start(evseId=1)

@@ -62,7 +62,10 @@ def assert_well_formed(events: list[dict[str, Any]]) -> None:
     assert [e["seqNo"] for e in events] == list(range(len(events)))
     assert len({e["transactionInfo"]["transactionId"] for e in events}) == 1
     assert "evse" in events[0]
-    assert sum(1 for e in events if "idToken" in e) <= 1
+    # The idToken goes once per authorization: the one that started it, and the one that
+    # stopped it (triggerReason StopAuthorized).
+    authorizing = [e for e in events if "idToken" in e and e["triggerReason"] != "StopAuthorized"]
+    assert len(authorizing) <= 1
 
 
 # -- E01-E03: TxStartPoint x cable first (E02) / token first (E03) ----------------------------
@@ -186,19 +189,52 @@ async def test_local_stop_by_another_token_of_the_same_group(make_rig: MakeRig) 
     def with_group(action: str, payload: dict[str, Any]) -> dict[str, Any]:
         result = answer(action, payload)
         if action == "Authorize":
-            result["idTokenInfo"]["groupIdToken"] = {"idToken": "FLEET", "type": "Central"}
+            token = payload["idToken"]["idToken"]
+            group = "OUTSIDERS" if token == "STRANGER" else "FLEET"
+            result["idTokenInfo"]["groupIdToken"] = {"idToken": group, "type": "Central"}
         return result
 
     rig._answer_for = with_group  # type: ignore[method-assign]
     rig.station.authorizer.record("OTHER1", IdTagInfo(AuthStatus.ACCEPTED, None, "FLEET"), 0.0)
     await rig.plug()
     await rig.present(TAG)
-    await rig.present("STRANGER")  # not of the group: ignored
+    await rig.present("STRANGER")  # not of the group (the CSMS says so): ignored
+    await rig.read()
     assert rig.events()[-1]["eventType"] != "Ended"
-    await rig.present("OTHER1")
+    await rig.present("OTHER1")  # of the group, known locally (cache)
     ended = rig.events()[-1]
     assert (ended["eventType"], ended["triggerReason"]) == ("Ended", "StopAuthorized")
     assert ended["transactionInfo"]["stoppedReason"] == "Local"
+    # E07: the Ended event names the token that stopped it.
+    assert ended["idToken"]["idToken"] == "OTHER1"
+    assert_well_formed(rig.events())
+
+
+async def test_local_stop_by_a_token_whose_group_only_the_csms_knows(make_rig: MakeRig) -> None:
+    """C09.FR.03: a token not known locally is authorized with the CSMS to learn its group;
+    the same group as the transaction's stops it."""
+    rig = await make_rig()
+    answer = rig._answer_for
+    asked: list[str] = []
+
+    def with_group(action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        result = answer(action, payload)
+        if action == "Authorize":
+            asked.append(payload["idToken"]["idToken"])
+            result["idTokenInfo"]["groupIdToken"] = {"idToken": "FLEET", "type": "Central"}
+        return result
+
+    rig._answer_for = with_group  # type: ignore[method-assign]
+    await rig.plug()
+    await rig.present(TAG)
+    await rig.read()
+    assert rig.station.authorizer.group_of("NEWCARD", 0.0) is None
+    await rig.present("NEWCARD")
+    await rig.read()
+    assert asked[-1] == "NEWCARD"
+    ended = rig.events()[-1]
+    assert (ended["eventType"], ended["triggerReason"]) == ("Ended", "StopAuthorized")
+    assert ended["idToken"]["idToken"] == "NEWCARD"
     assert_well_formed(rig.events())
 
 
