@@ -34,8 +34,27 @@ class PilotState(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class SignedMeterData:
+    """A reading the meter signed itself (the fields of OCPP 2.0.1 SignedMeterValueType).
+
+    `signed_meter_data` is the record exactly as the meter gave it (printable ASCII, e.g. an
+    OCMF string "OCMF|{payload}|{signature}"); OCPP 2.0.1 sends it base64 encoded.
+    `public_key` is the meter's public key, base64 encoded ("" when the meter gives none).
+    """
+
+    signed_meter_data: str
+    signing_method: str  # e.g. "ECDSA-secp256r1-SHA256"
+    encoding_method: str  # e.g. "OCMF"
+    public_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class MeterReading:
-    """One snapshot of an energy meter. Per-phase tuples hold L1, L2, L3 (as many as wired)."""
+    """One snapshot of an energy meter. Per-phase tuples hold L1, L2, L3 (as many as wired).
+
+    `signed` is the meter's own signed record of its imported energy register, for meters
+    that provide one (a register map with a [signed] table); None otherwise.
+    """
 
     energy_import_wh: float
     voltage_v: tuple[float, ...]
@@ -43,6 +62,7 @@ class MeterReading:
     power_w: tuple[float, ...]
     energy_export_wh: float | None = None
     frequency_hz: float | None = None
+    signed: SignedMeterData | None = None
 
     @property
     def power_total_w(self) -> float:

@@ -29,6 +29,7 @@ from service.ocpp.v16 import local_list as v16_local_list
 from service.ocpp.v16.remote import Remote
 from service.ocpp.v16.transactions import V16StationLink
 from service.ocpp.v201 import device_model as v201_device_model
+from service.ocpp.v201 import dm_catalog as v201_dm_catalog
 from service.ocpp.v201 import firmware as v201_firmware
 from service.ocpp.v201 import reports as v201_reports
 from service.ocpp.v201.link import V201StationLink
@@ -137,6 +138,7 @@ class Charger:
             now_iso=engine.now_iso,
             config_changed=self._config_changed,
             clock=clock,
+            catalog=v201_dm_catalog.catalog_for(settings),
         )
         v201_device_model.install(engine, self.device_model)
         v201_reports.install(engine, self.device_model)

@@ -154,9 +154,11 @@ class Daemon:
 
     @property
     def placeholder_url(self) -> bool:
-        """The shipped default points at a host under the reserved .invalid TLD."""
+        """The shipped default points at a host under the reserved .invalid TLD, and no
+        stored 2.0.1 network profile (SetNetworkProfile) gives anything else to connect to."""
         host = urllib.parse.urlsplit(self.settings.csms.url).hostname or ""
-        return host == "invalid" or host.endswith(".invalid")
+        placeholder = host == "invalid" or host.endswith(".invalid")
+        return placeholder and (self.network is None or not self.network.configured)
 
     def _ping_interval(self) -> float:
         value = self.configuration.get("WebSocketPingInterval")

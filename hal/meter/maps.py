@@ -6,6 +6,28 @@ registers, FC 04, or holding registers, FC 03), how the 16-bit registers encode 
 type, word order, scale) and in which unit. `docs/meter-maps.md` describes the format for
 installers; built-in maps live in `hal/meter/maps/<name>.toml`.
 
+A map may also describe a signed record the meter keeps (meters with an OCMF or similar
+signature, as MID / German Eichrecht meters have), in an optional `[signed]` table:
+
+    [signed]
+    function = "holding"            # input or holding registers; default "holding"
+    length = 0x1000                 # uint16 register: bytes of the record now (0: no record)
+    data = 0x1001                   # first register of the record: printable ASCII, two
+                                    # characters per register, the first in the high byte
+    max_length = 1000               # most bytes the record registers hold (1..1875)
+    signing_method = "ECDSA-secp256r1-SHA256"   # OCPP signingMethod (1..50 characters)
+    encoding_method = "OCMF"        # OCPP encodingMethod (1..50 characters)
+    public_key_length = 0x1400      # optional: uint16 register, characters of the public key
+    public_key = 0x1401             # optional: first register of the key, ASCII like `data`
+    public_key_max_length = 400     # most characters of the key (1..2500)
+    public_key_format = "hex"       # how the key is written: "hex" digits or "base64"
+
+`length` and `public_key_length` count bytes (characters), not registers; the record is
+read after the measured values, in requests of at most `meter.max_registers` registers, and
+the public key once. The signed registers must not overlap the measured ones. 1875 bytes is the
+most a record may have: base64 encoded it fills OCPP 2.0.1's 2500 characters of
+signedMeterData.
+
 Every problem in a map file is a MeterMapError whose message names the file and the entry
 (`registers.voltage_l2.type`, `blocks[2].count`...), so a bad map is fixed without reading code.
 """
@@ -35,6 +57,7 @@ __all__ = [
     "MeterMap",
     "MeterMapError",
     "Register",
+    "SignedBlock",
     "builtin_names",
     "load_map",
     "parse_map",
@@ -227,6 +250,48 @@ class Block:
         )
 
 
+# The most bytes a signed record may have: base64 makes 4 characters of 3 bytes, and OCPP
+# 2.0.1 SignedMeterValueType.signedMeterData holds at most 2500 characters.
+MAX_SIGNED_LENGTH = 1875
+# SignedMeterValueType.publicKey holds at most 2500 characters (base64).
+MAX_PUBLIC_KEY_LENGTH = 2500
+# SignedMeterValueType.signingMethod / encodingMethod: at most 50 characters.
+MAX_METHOD_LENGTH = 50
+PUBLIC_KEY_FORMATS = ("hex", "base64")
+
+
+def registers_for(length: int) -> int:
+    """Registers holding `length` ASCII characters (two per register)."""
+    return (length + 1) // 2
+
+
+@dataclass(frozen=True, slots=True)
+class SignedBlock:
+    """Where a meter keeps its signed record (and its public key): the `[signed]` table."""
+
+    function: Function
+    length: int  # address of the uint16 register with the record's length in bytes
+    data: int  # address of the record's first register
+    max_length: int  # bytes
+    signing_method: str
+    encoding_method: str
+    public_key_length: int | None = None
+    public_key: int | None = None
+    public_key_max_length: int = 0  # characters
+    public_key_format: str = "hex"
+
+    def spans(self) -> list[tuple[str, int, int]]:
+        """(entry name, first address, register count) of every register run it uses."""
+        out = [
+            ("length", self.length, 1),
+            ("data", self.data, registers_for(self.max_length)),
+        ]
+        if self.public_key_length is not None and self.public_key is not None:
+            out.append(("public_key_length", self.public_key_length, 1))
+            out.append(("public_key", self.public_key, registers_for(self.public_key_max_length)))
+        return out
+
+
 @dataclass(frozen=True, slots=True)
 class MeterMap:
     """A validated register map. `blocks` are the requests one reading takes, in order."""
@@ -238,6 +303,7 @@ class MeterMap:
     blocks: tuple[Block, ...]
     max_registers: int
     source: Path
+    signed: SignedBlock | None = None
 
     def register(self, name: str) -> Register | None:
         return self.registers.get(name)
@@ -290,7 +356,19 @@ def load_map(path: Path, *, name: str | None = None) -> MeterMap:
 # ---------------------------------------------------------------------------------------------
 # Validation
 
-_TOP_KEYS = ("meter", "defaults", "registers", "blocks")
+_TOP_KEYS = ("meter", "defaults", "registers", "blocks", "signed")
+_SIGNED_KEYS = (
+    "function",
+    "length",
+    "data",
+    "max_length",
+    "signing_method",
+    "encoding_method",
+    "public_key_length",
+    "public_key",
+    "public_key_max_length",
+    "public_key_format",
+)
 _METER_KEYS = ("description", "phases", "max_registers")
 _DEFAULT_KEYS = ("function", "type", "word_order", "scale")
 _REGISTER_KEYS = ("address", "function", "type", "word_order", "scale", "unit", "invalid")
@@ -391,6 +469,7 @@ def parse_map(data: Mapping[str, object], source: Path, *, name: str | None = No
         blocks = _parse_blocks(check, data["blocks"], registers, max_registers)
     else:
         blocks = _group(registers, max_registers)
+    signed = _parse_signed(check, data["signed"], registers) if "signed" in data else None
     return MeterMap(
         name=name or source.stem,
         description=description,
@@ -399,7 +478,97 @@ def parse_map(data: Mapping[str, object], source: Path, *, name: str | None = No
         blocks=blocks,
         max_registers=max_registers,
         source=source,
+        signed=signed,
     )
+
+
+def _parse_signed(check: _Checker, value: object, registers: Mapping[str, Register]) -> SignedBlock:
+    table = check.table(value, "signed")
+    check.keys(table, _SIGNED_KEYS, "signed")
+    for key in ("length", "data", "max_length", "signing_method", "encoding_method"):
+        if key not in table:
+            raise check.fail(f"signed.{key}", "missing")
+    function = Function(
+        check.choice(
+            table.get("function", "holding"), "signed.function", list(Function), "unknown function"
+        )
+    )
+    max_length = check.integer(table["max_length"], "signed.max_length", 1, MAX_SIGNED_LENGTH)
+    length = check.integer(table["length"], "signed.length", 0, 65535)
+    data = check.integer(table["data"], "signed.data", 0, 65536 - registers_for(max_length))
+    methods: list[str] = []
+    for key in ("signing_method", "encoding_method"):
+        text = table[key]
+        if (
+            not isinstance(text, str)
+            or not 1 <= len(text) <= MAX_METHOD_LENGTH
+            or not text.isascii()
+            or not text.isprintable()
+        ):
+            raise check.fail(
+                f"signed.{key}",
+                f"found {show(text)}; expected 1..{MAX_METHOD_LENGTH} printable ASCII characters",
+            )
+        methods.append(text)
+    key_entries = ("public_key_length", "public_key", "public_key_max_length")
+    given = [key for key in key_entries if key in table]
+    key_length: int | None = None
+    key_data: int | None = None
+    key_max = 0
+    key_format = "hex"
+    if given:
+        for key in key_entries:
+            if key not in table:
+                raise check.fail(
+                    f"signed.{key}", "missing; a public key needs all of " + ", ".join(key_entries)
+                )
+        key_max = check.integer(
+            table["public_key_max_length"],
+            "signed.public_key_max_length",
+            1,
+            MAX_PUBLIC_KEY_LENGTH,
+        )
+        key_length = check.integer(table["public_key_length"], "signed.public_key_length", 0, 65535)
+        key_data = check.integer(
+            table["public_key"], "signed.public_key", 0, 65536 - registers_for(key_max)
+        )
+        key_format = check.choice(
+            table.get("public_key_format", "hex"),
+            "signed.public_key_format",
+            PUBLIC_KEY_FORMATS,
+            "unknown key format",
+        )
+    elif "public_key_format" in table:
+        raise check.fail("signed.public_key_format", "given without signed.public_key")
+    block = SignedBlock(
+        function=function,
+        length=length,
+        data=data,
+        max_length=max_length,
+        signing_method=methods[0],
+        encoding_method=methods[1],
+        public_key_length=key_length,
+        public_key=key_data,
+        public_key_max_length=key_max,
+        public_key_format=key_format,
+    )
+    spans = block.spans()
+    for index, (entry, address, count) in enumerate(spans):
+        for other, other_address, other_count in spans[:index]:
+            if address < other_address + other_count and other_address < address + count:
+                raise check.fail(f"signed.{entry}", f"overlaps signed.{other}")
+        for register in registers.values():
+            if (
+                register.function is function
+                and address < register.end
+                and register.address < address + count
+            ):
+                raise check.fail(
+                    f"signed.{entry}",
+                    f"{function} {address:#06x}+{count} overlaps registers.{register.name} "
+                    f"({_span(register)})",
+                )
+    return block
 
 
 def _describe_required(phases: int) -> str:
@@ -564,6 +733,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for block in meter_map.blocks:
             names = [r.name for r in meter_map.registers.values() if block.holds(r)]
             print(f"  {block.function} {block.address:#06x}+{block.count}: {', '.join(names)}")
+        signed = meter_map.signed
+        if signed is not None:
+            key = "with" if signed.public_key is not None else "without"
+            print(
+                f"  signed record ({signed.encoding_method}, {signed.signing_method}) in "
+                f"{signed.function} {signed.data:#06x}, up to {signed.max_length} bytes, "
+                f"{key} public key"
+            )
     return status
 
 

@@ -16,6 +16,14 @@ last good one stays the reference). The next read() tries again: a broken transp
 serial port, TCP connection reset) is reopened then, so the meter works again as soon as it
 answers correctly.
 
+A map with a `[signed]` table (hal.meter.maps.SignedBlock) names where the meter keeps its
+latest signed record: after the measured values, read() reads the record's length and then the
+record (and, once, the meter's public key) and hands it on as MeterReading.signed. A signed
+record that cannot be used — a length beyond the map's max_length, characters that are not
+printable ASCII, a public key that is not hex / base64, a request that fails — leaves the
+reading's plain values as they are with `signed` None, and logs a warning (once per kind of
+problem, and a note when the record is good again); it is never a MeterError.
+
 Options (`[evse.meter.options]`): map, transport, port, baudrate, parity, stopbits, host,
 tcp_port, unit_id, timeout_s, retries — see OPTIONS below and docs/meter-maps.md.
 """
@@ -23,18 +31,30 @@ tcp_port, unit_id, timeout_s, retries — see OPTIONS below and docs/meter-maps.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import logging
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.framer import FramerType
 
 import hal.registry  # HardwareConfigError, looked up late: hal.registry imports the drivers
-from hal.interfaces import MeterError, MeterReading
-from hal.meter.maps import Block, Function, MeterMap, MeterMapError, Register, resolve_map
+from hal.interfaces import MeterError, MeterReading, SignedMeterData
+from hal.meter.maps import (
+    Block,
+    Function,
+    MeterMap,
+    MeterMapError,
+    Register,
+    SignedBlock,
+    registers_for,
+    resolve_map,
+)
 from service.config import Evse, Hardware
 from service.config_reader import Scalar, show
 
@@ -47,6 +67,8 @@ __all__ = [
     "ModbusMeter",
     "build",
 ]
+
+log = logging.getLogger("evsed.hal.meter")
 
 # Values slightly below zero are measurement noise and read as 0; below these they are an error.
 CURRENT_TOLERANCE_A = 0.1
@@ -89,6 +111,10 @@ _EXCEPTION_NAMES = {
 
 class _BusError(Exception):
     """A request failed; str() is the readable reason (the meter adds who it is)."""
+
+
+class _SignedError(Exception):
+    """The signed record (or public key) cannot be used; str() says why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +318,8 @@ class ModbusMeter:
         self.label = label
         self._started = False
         self._last: MeterReading | None = None
+        self._public_key: str | None = None  # base64, once read
+        self._signed_problem: str | None = None  # the last signed-record problem logged
         self._layout: list[tuple[Block, list[tuple[Register, int]]]] = [
             (
                 block,
@@ -345,9 +373,102 @@ class ModbusMeter:
                             f"meter (raw {raw:#x})"
                         )
                     values[register.name] = value
-        reading = self._check(values)
+            reading = self._check(values)
+            if self.map.signed is not None:
+                signed = await self._read_signed(self.map.signed)
+                if signed is not None:
+                    reading = replace(reading, signed=signed)
         self._last = reading
         return reading
+
+    # -- signed records ------------------------------------------------------------------------
+
+    async def _read_signed(self, block: SignedBlock) -> SignedMeterData | None:
+        """The meter's signed record now, or None (a warning says why when it is unusable).
+        Call with the bus lock held."""
+        try:
+            record = await self._read_text(
+                block.function, block.length, block.data, block.max_length, "signed record"
+            )
+            if record is None:
+                self._signed_ok()
+                return None
+            public_key = await self._read_public_key(block)
+        except _SignedError as exc:
+            self._signed_failed(str(exc))
+            return None
+        self._signed_ok()
+        return SignedMeterData(
+            signed_meter_data=record,
+            signing_method=block.signing_method,
+            encoding_method=block.encoding_method,
+            public_key=public_key,
+        )
+
+    async def _read_public_key(self, block: SignedBlock) -> str:
+        if self._public_key is not None:
+            return self._public_key
+        if block.public_key is None or block.public_key_length is None:
+            self._public_key = ""
+            return ""
+        text = await self._read_text(
+            block.function,
+            block.public_key_length,
+            block.public_key,
+            block.public_key_max_length,
+            "public key",
+        )
+        if text is None:
+            raise _SignedError("the meter has no public key (length 0)")
+        try:
+            if block.public_key_format == "hex":
+                key = bytes.fromhex(text)
+            else:
+                key = base64.b64decode(text, validate=True)
+        except (ValueError, binascii.Error):
+            raise _SignedError(f"public key is not {block.public_key_format} text") from None
+        if not key:
+            raise _SignedError("the meter has no public key (empty)")
+        self._public_key = base64.b64encode(key).decode("ascii")
+        return self._public_key
+
+    async def _read_registers(self, function: Function, address: int, count: int) -> list[int]:
+        words: list[int] = []
+        step = self.map.max_registers
+        for start in range(address, address + count, step):
+            block = Block(function, start, min(step, address + count - start))
+            try:
+                words.extend(await self.bus.read_block(self.unit_id, block))
+            except _BusError as exc:
+                raise _SignedError(str(exc)) from None
+        return words
+
+    async def _read_text(
+        self, function: Function, length_at: int, data_at: int, max_length: int, what: str
+    ) -> str | None:
+        """The ASCII text whose length is in register `length_at` and whose characters start at
+        `data_at`; None when the length is 0. Raises _SignedError for unusable content."""
+        (length,) = await self._read_registers(function, length_at, 1)
+        if length == 0:
+            return None
+        if length > max_length:
+            raise _SignedError(f"{what} length {length} is more than the map's {max_length} bytes")
+        words = await self._read_registers(function, data_at, registers_for(length))
+        raw = b"".join(word.to_bytes(2, "big") for word in words)[:length]
+        if not all(0x20 <= byte <= 0x7E for byte in raw):
+            bad = next(byte for byte in raw if not 0x20 <= byte <= 0x7E)
+            raise _SignedError(f"{what} holds a byte that is not printable ASCII ({bad:#04x})")
+        return raw.decode("ascii")
+
+    def _signed_failed(self, problem: str) -> None:
+        if problem != self._signed_problem:
+            log.warning("%s: signed record not used: %s", self.label, problem)
+        self._signed_problem = problem
+
+    def _signed_ok(self) -> None:
+        if self._signed_problem is not None:
+            log.info("%s: signed records readable again", self.label)
+        self._signed_problem = None
 
     def _fail(self, problem: str) -> MeterError:
         return MeterError(f"{self.label}: {problem}")

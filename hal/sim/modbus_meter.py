@@ -7,6 +7,13 @@
   answer with a broken checksum — RTU — or a broken header — TCP), WRONG_UNIT (the answer
   carries another unit id) and ENERGY_BACKWARDS (the energy registers read lower than the
   true count).
+- Signing: a map with a `[signed]` table (evsed_ocmf) makes the meter sign. It serves an
+  OCMF-like record "OCMF|{payload}|{signature}" of its imported energy register (the payload
+  JSON with the reading in kWh, a pagination counter and the time; the signature JSON with
+  "SA": "ECDSA-secp256r1-SHA256" and "SD": the DER signature of the payload text, as hex),
+  signed with an ECDSA P-256 key made with `cryptography` (or the one given), and its public
+  key (DER SubjectPublicKeyInfo, as the map's public_key_format says). `set_signed_fault`
+  serves a broken record instead (too long, not ASCII, a bad public key, no record).
 - `ModbusMeterServer`: a pymodbus server (pymodbus.simulator SimDevice per meter) on
   127.0.0.1 (TCP) or on one end of a `PtyLink` (RTU); several meters share one server the way
   they share an RS-485 line. On RTU a request for a unit id no meter has goes unanswered, as on
@@ -21,7 +28,9 @@ Everything runs on the asyncio loop of the caller (tests, demos).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -29,23 +38,31 @@ import tempfile
 import tty
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from hal.interfaces import MeterReading
-from hal.meter.maps import Function, MeterMap, Register, resolve_map
+from hal.meter.maps import Function, MeterMap, Register, registers_for, resolve_map
 
 __all__ = [
+    "OCMF_SIGNING_METHOD",
     "MeterFault",
     "ModbusMeterServer",
     "PtyLink",
+    "SignedFault",
     "SimulatedModbusMeter",
+    "split_ocmf",
 ]
+
+OCMF_SIGNING_METHOD = "ECDSA-secp256r1-SHA256"
 
 PhaseValues = float | Sequence[float]
 
@@ -56,6 +73,27 @@ class MeterFault(StrEnum):
     GARBAGE = "garbage"
     WRONG_UNIT = "wrong_unit"
     ENERGY_BACKWARDS = "energy_backwards"
+
+
+class SignedFault(StrEnum):
+    """Broken signed records the simulated meter can serve."""
+
+    TOO_LONG = "too_long"  # the length register says more than the map's max_length
+    NOT_ASCII = "not_ascii"  # the record holds bytes outside printable ASCII
+    BAD_PUBLIC_KEY = "bad_public_key"  # the public key registers hold no hex / base64 text
+    NO_RECORD = "no_record"  # the length register is 0
+
+
+def split_ocmf(record: str) -> tuple[str, dict[str, object]]:
+    """The payload text and the signature object of an "OCMF|{payload}|{signature}" record;
+    ValueError when it is not one (what a CSMS would do before verifying)."""
+    parts = record.split("|")
+    if len(parts) != 3 or parts[0] != "OCMF":
+        raise ValueError("not an OCMF|payload|signature record")
+    signature = json.loads(parts[2])
+    if not isinstance(signature, dict):
+        raise ValueError("OCMF signature is not a JSON object")
+    return parts[1], signature
 
 
 def _crc16(data: bytes) -> bytes:
@@ -82,8 +120,14 @@ class SimulatedModbusMeter:
         energy_import_wh: float = 0.0,
         energy_export_wh: float = 0.0,
         frequency_hz: float = 50.0,
+        signing_key: ec.EllipticCurvePrivateKey | None = None,
     ) -> None:
         self.map = resolve_map(meter_map) if isinstance(meter_map, str) else meter_map
+        # Signing (maps with a [signed] table): the key, the record of the served energy.
+        self.signing_key = signing_key or ec.generate_private_key(ec.SECP256R1())
+        self.signed_fault: SignedFault | None = None
+        self.records = 0  # signed records made (the OCMF pagination counter)
+        self._record: tuple[float, str] | None = None  # (energy served, record)
         if not 1 <= unit_id <= 247:
             raise ValueError(f"unit id {unit_id}: expected 1..247")
         self.unit_id = unit_id
@@ -201,6 +245,87 @@ class SimulatedModbusMeter:
         series = {"voltage": self._voltage, "current": self._current, "power": self._power}
         return series[kind][int(phase) - 1]
 
+    # -- signing -------------------------------------------------------------------------------
+
+    @property
+    def public_key_der(self) -> bytes:
+        """The meter's public key as DER SubjectPublicKeyInfo."""
+        return self.signing_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    def signed_record(self) -> str:
+        """The signed record of the imported energy register as served now (made anew when the
+        served value changed)."""
+        energy = self._served("energy_import")
+        if self._record is not None and self._record[0] == energy:
+            return self._record[1]
+        self.records += 1
+        now = datetime.now(UTC)
+        payload = {
+            "FV": "1.0",
+            "GI": "evsed simulated meter",
+            "GS": f"SIM-{self.unit_id}",
+            "PG": f"T{self.records}",
+            "RD": [
+                {
+                    "TM": now.strftime("%Y-%m-%dT%H:%M:%S,") + f"{now.microsecond // 1000:03d}"
+                    "+0000 S",
+                    "RV": round(energy / 1000.0, 4),
+                    "RI": "1-b:1.8.0",
+                    "RU": "kWh",
+                    "ST": "G",
+                }
+            ],
+        }
+        text = json.dumps(payload, separators=(",", ":"))
+        signature = self.signing_key.sign(text.encode("ascii"), ec.ECDSA(hashes.SHA256()))
+        record = "OCMF|{}|{}".format(
+            text,
+            json.dumps(
+                {"SA": OCMF_SIGNING_METHOD, "SD": signature.hex().upper()}, separators=(",", ":")
+            ),
+        )
+        self._record = (energy, record)
+        return record
+
+    def set_signed_fault(self, fault: SignedFault | None) -> None:
+        """Serve a broken signed record (None: the real one again)."""
+        self.signed_fault = fault
+
+    def _signed_words(self) -> dict[int, int]:
+        """Register address -> content of every signed register (faults applied)."""
+        block = self.map.signed
+        if block is None:
+            return {}
+        fault = self.signed_fault
+        record = self.signed_record().encode("ascii")
+        length = len(record)
+        if fault is SignedFault.NOT_ASCII:
+            record = record[:10] + b"\xff\xfe" + record[12:]
+        elif fault is SignedFault.TOO_LONG:
+            length = block.max_length + 1
+        elif fault is SignedFault.NO_RECORD:
+            length = 0
+        out = _text_words(block.length, block.data, record, length, block.max_length)
+        if block.public_key is not None and block.public_key_length is not None:
+            if fault is SignedFault.BAD_PUBLIC_KEY:
+                key = b"not a key!"
+            elif block.public_key_format == "hex":
+                key = self.public_key_der.hex().encode("ascii")
+            else:
+                key = base64.b64encode(self.public_key_der)
+            out.update(
+                _text_words(
+                    block.public_key_length,
+                    block.public_key,
+                    key,
+                    len(key),
+                    block.public_key_max_length,
+                )
+            )
+        return out
+
     # -- faults --------------------------------------------------------------------------------
 
     def set_fault(
@@ -234,6 +359,11 @@ class SimulatedModbusMeter:
             target.append(
                 SimData(block.address, count=block.count, values=0, datatype=DataType.REGISTERS)
             )
+        if self.map.signed is not None:
+            target = inputs if self.map.signed.function is Function.INPUT else holding
+            for _, address, count in self.map.signed.spans():
+                target.append(SimData(address, count=count, values=0, datatype=DataType.REGISTERS))
+            target.sort(key=lambda data: data.address)
         return SimDevice(
             id=self.unit_id,
             simdata=(
@@ -262,6 +392,11 @@ class SimulatedModbusMeter:
             words = register.encode(self._served(register.name))
             offset = register.address - start_address
             registers[offset : offset + len(words)] = words
+        signed = self.map.signed
+        if signed is not None and signed.function.code == function_code:
+            for at, word in self._signed_words().items():
+                if start_address <= at < start_address + len(registers):
+                    registers[at - start_address] = word
         return None
 
     def _mapped(self, function_code: int) -> list[Register]:
@@ -284,6 +419,18 @@ class SimulatedModbusMeter:
                 return frame + _crc16(frame)
             return packet[:6] + bytes([self.wrong_unit_id]) + packet[7:]
         return packet
+
+
+def _text_words(
+    length_at: int, data_at: int, text: bytes, length: int, max_length: int
+) -> dict[int, int]:
+    """Registers of a length register and ASCII text (two bytes a register, high byte first),
+    the text cut or padded with zeros to `max_length`."""
+    data = text[:max_length].ljust(2 * registers_for(max_length), b"\0")
+    out = {length_at: length & 0xFFFF}
+    for index in range(registers_for(max_length)):
+        out[data_at + index] = int.from_bytes(data[2 * index : 2 * index + 2], "big")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -169,16 +169,22 @@ class AuthorizationCache:
     def max_entries(self) -> int:
         return self._max
 
-    def get(self, id_tag: str, now: float) -> IdTagInfo | None:
+    def get(self, id_tag: str, now: float, *, lifetime_s: float = 0) -> IdTagInfo | None:
         """The cached answer for ``id_tag``, or None.
 
         An Accepted entry whose expiry is not after ``now`` comes back with status Expired.
+        With ``lifetime_s`` > 0 an entry not written or used for that long is gone (2.0.1
+        AuthCacheCtrlr.LifeTime): it is deleted and None comes back.
         """
         row = self._db.query_one(
-            "SELECT status, expiry, parent_id_tag FROM auth_cache WHERE id_tag = ? COLLATE NOCASE",
+            "SELECT status, expiry, parent_id_tag, updated_at FROM auth_cache "
+            "WHERE id_tag = ? COLLATE NOCASE",
             (id_tag,),
         )
         if row is None:
+            return None
+        if lifetime_s > 0 and float(row["updated_at"]) + lifetime_s <= now:
+            self._db.execute("DELETE FROM auth_cache WHERE id_tag = ? COLLATE NOCASE", (id_tag,))
             return None
         try:
             status = AuthStatus(row["status"])
@@ -203,6 +209,14 @@ class AuthorizationCache:
                 (id_tag, str(info.status), info.expiry, info.parent_id_tag, float(now)),
             )
             self._trim(keep=id_tag)
+
+    def touch(self, id_tag: str, now: float) -> None:
+        """The entry was used: it lives on (LifeTime) and is evicted last (least recently
+        used first)."""
+        self._db.execute(
+            "UPDATE auth_cache SET updated_at = ? WHERE id_tag = ? COLLATE NOCASE",
+            (float(now), id_tag),
+        )
 
     def _trim(self, keep: str | None) -> None:
         row = self._db.query_one("SELECT COUNT(*) FROM auth_cache")
@@ -253,6 +267,7 @@ class AuthSettings:
     local_authorize_offline: bool = True
     allow_offline_tx_for_unknown_id: bool = False
     local_auth_list_enabled: bool = True
+    cache_lifetime_s: int = 0  # 0: entries live until evicted
 
     @classmethod
     def from_configuration(cls, cfg: SupportsGet) -> AuthSettings:
@@ -264,12 +279,19 @@ class AuthSettings:
                 raise TypeError(f"configuration key {name} is not a boolean: {value!r}")
             return value
 
+        def number(name: str) -> int:
+            value = cfg.get(name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"configuration key {name} is not an integer: {value!r}")
+            return value
+
         return cls(
             authorization_cache_enabled=flag("AuthorizationCacheEnabled"),
             local_pre_authorize=flag("LocalPreAuthorize"),
             local_authorize_offline=flag("LocalAuthorizeOffline"),
             allow_offline_tx_for_unknown_id=flag("AllowOfflineTxForUnknownId"),
             local_auth_list_enabled=flag("LocalAuthListEnabled"),
+            cache_lifetime_s=number("AuthorizationCacheLifeTime"),
         )
 
 
@@ -319,7 +341,7 @@ class Authorizer:
         if listed is not None:
             return listed.parent_id_tag
         try:
-            cached = self._cache.get(id_tag, now)
+            cached = self._cache.get(id_tag, now, lifetime_s=settings.cache_lifetime_s)
         except StoreError as exc:
             log.error("authorization cache unreadable, no group for %r: %s", id_tag, exc)
             return None
@@ -333,7 +355,9 @@ class Authorizer:
         info: IdTagInfo | None = None
         if settings.authorization_cache_enabled:
             try:
-                info = self._cache.get(id_tag, now)
+                info = self._cache.get(id_tag, now, lifetime_s=settings.cache_lifetime_s)
+                if info is not None:
+                    self._cache.touch(id_tag, now)
             except StoreError as exc:
                 log.error(
                     "authorization cache unreadable, treating %r as not cached: %s", id_tag, exc

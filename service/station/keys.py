@@ -132,6 +132,14 @@ _SPECS: tuple[KeySpec, ...] = (
         "evsed: authorize tokens before charging; false = free charging (2.0.1 AuthCtrlr.Enabled)",
     ),
     _bool("AuthorizationCacheEnabled", True, "keep an authorization cache of seen idTags"),
+    _int(
+        "AuthorizationCacheLifeTime",
+        0,
+        0,
+        _INT32_MAX,
+        "evsed: seconds a cache entry lives after its last use; 0 = until evicted "
+        "(2.0.1 AuthCacheCtrlr.LifeTime)",
+    ),
     _bool(
         "AuthorizeRemoteTxRequests",
         True,

@@ -21,6 +21,15 @@ never invented; so are non-finite readings):
 to as many as the meter reports). Values keep at most 3 decimals for energy, 1 for power and 2
 for current, voltage and frequency, with trailing zeros dropped ("1234.5", "230", "16.02").
 
+Signed readings (`signed=True`, for meters whose MeterReading carries `signed`): the
+Energy.Active.Import.Register value is signed. In 2.0.1 it carries `signedMeterValue`
+(SignedMeterValueType: signedMeterData is the meter's record base64 encoded, publicKey the
+meter's key, base64). OCPP 1.6 has no such field: the same sample goes out a second time, with
+format "SignedData" and, as value, that SignedMeterValueType object as JSON text (the way
+several CSMSs take signed values in 1.6). The 2.0.1 link turns such a 1.6-shaped pair back into
+one signed 2.0.1 value (`signed_meter_value`). A meter record too long for OCPP (over 1875
+bytes) is not sent.
+
 `sampled_values` gives OCPP 1.6 SampledValue objects (value as a string, format "Raw"),
 `sampled_values_v201` gives OCPP 2.0.1 SampledValueType objects (value as a number, the unit in
 unitOfMeasure); both share `_samples`, so the measurand logic lives in one place.
@@ -28,13 +37,15 @@ unitOfMeasure); both share `_samples`, so the measurand logic lives in one place
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hal.interfaces import MeterReading
+from hal.interfaces import MeterReading, SignedMeterData
 
 LOCATION = "Outlet"
 
@@ -72,6 +83,10 @@ SUPPORTED_MEASURANDS: frozenset[str] = frozenset(
 )
 
 SOC = "SoC"
+
+SIGNED_DATA = "SignedData"  # the 1.6 ValueFormat of a signed sample
+_MAX_SIGNED = 2500  # SignedMeterValueType.signedMeterData / publicKey maxLength
+_MAX_METHOD = 50  # signingMethod / encodingMethod maxLength
 
 #: Measurands a CSMS may configure (the valuesList of the OCPP 2.0.1 *Measurands variables; a
 #: SetVariables naming any other is Rejected): those `_samples` answers, and SoC, which only the
@@ -175,6 +190,59 @@ def format_value(value: float, decimals: int) -> str:
     return "0" if text == "-0" else text
 
 
+def signed_meter_value(signed: SignedMeterData) -> dict[str, str] | None:
+    """The OCPP 2.0.1 SignedMeterValueType of a meter's signed record; None when a field does
+    not fit the type's sizes."""
+    data = base64.b64encode(signed.signed_meter_data.encode("utf-8")).decode("ascii")
+    value = {
+        "signedMeterData": data,
+        "signingMethod": signed.signing_method,
+        "encodingMethod": signed.encoding_method,
+        "publicKey": signed.public_key,
+    }
+    return value if _fits(value) else None
+
+
+def _fits(value: Mapping[str, object]) -> bool:
+    for key, most in (
+        ("signedMeterData", _MAX_SIGNED),
+        ("signingMethod", _MAX_METHOD),
+        ("encodingMethod", _MAX_METHOD),
+        ("publicKey", _MAX_SIGNED),
+    ):
+        item = value.get(key)
+        if not isinstance(item, str) or len(item) > most:
+            return False
+    return bool(value["signedMeterData"])
+
+
+def parse_signed_value(text: str) -> dict[str, str] | None:
+    """The SignedMeterValueType a 1.6 "SignedData" value (`sampled_values`) carries; None for
+    text that is not one (a signed value of another origin, garbage)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or not _fits(value):
+        return None
+    try:
+        base64.b64decode(value["signedMeterData"], validate=True)
+        if value["publicKey"]:
+            base64.b64decode(value["publicKey"], validate=True)
+    except (ValueError, binascii.Error):
+        return None
+    return {
+        key: value[key]
+        for key in ("signedMeterData", "signingMethod", "encodingMethod", "publicKey")
+    }
+
+
+def _signature(reading: MeterReading, sample: _Sample, signed: bool) -> dict[str, str] | None:
+    if not signed or reading.signed is None or sample.measurand != ENERGY_IMPORT:
+        return None
+    return signed_meter_value(reading.signed)
+
+
 def sampled_values(
     reading: MeterReading,
     measurands: Sequence[str],
@@ -182,9 +250,12 @@ def sampled_values(
     context: str,
     offered_current_a: float | None = None,
     phases: int,
+    signed: bool = False,
 ) -> list[dict[str, Any]]:
     """OCPP 1.6 SampledValue objects for the `measurands` the meter can answer, in their order.
 
+    With `signed` and a reading the meter signed, the Energy.Active.Import.Register value is
+    followed by its "SignedData" twin (see the module's doc).
     Raises ValueError for an unknown `context` or a `phases` outside 1..3.
     """
     _check(context, phases)
@@ -202,6 +273,12 @@ def sampled_values(
         if sample.unit is not None:
             item["unit"] = sample.unit
         values.append(item)
+        signature = _signature(reading, sample, signed)
+        if signature is not None:
+            twin = dict(item)
+            twin["value"] = json.dumps(signature, separators=(",", ":"))
+            twin["format"] = SIGNED_DATA
+            values.append(twin)
     return values
 
 
@@ -212,8 +289,10 @@ def sampled_values_v201(
     context: str,
     offered_current_a: float | None = None,
     phases: int,
+    signed: bool = False,
 ) -> list[dict[str, Any]]:
-    """OCPP 2.0.1 SampledValueType objects; the same values as `sampled_values`, as numbers."""
+    """OCPP 2.0.1 SampledValueType objects; the same values as `sampled_values`, as numbers
+    (with `signed`, the imported energy carries the meter's `signedMeterValue`)."""
     _check(context, phases)
     values: list[dict[str, Any]] = []
     for sample in _samples(reading, measurands, offered_current_a, phases):
@@ -225,6 +304,9 @@ def sampled_values_v201(
         if sample.phase is not None:
             item["phase"] = sample.phase
         item["location"] = LOCATION
+        signature = _signature(reading, sample, signed)
+        if signature is not None:
+            item["signedMeterValue"] = signature
         item["unitOfMeasure"] = {"unit": sample.unit_v201}
         values.append(item)
     return values
@@ -273,7 +355,8 @@ class TransactionDataCollector:
 
     `begin` records Transaction.Begin, `periodic` Sample.Periodic (StopTxnSampledData),
     `aligned` Sample.Clock (StopTxnAlignedData), `end` Transaction.End; the caller passes the
-    measurands of the matching key. A call whose measurands give no value records nothing;
+    measurands of the matching key, and `signed=True` to keep the meter's signed energy
+    values (as `sampled_values` spells them). A call whose measurands give no value records nothing;
     periodic and aligned samples after `end` are ignored, and a second `begin`/`end` replaces
     the first.
 
@@ -309,6 +392,7 @@ class TransactionDataCollector:
         measurands: Sequence[str],
         context: str,
         offered_current_a: float | None,
+        signed: bool,
     ) -> dict[str, Any] | None:
         values = sampled_values(
             reading,
@@ -316,6 +400,7 @@ class TransactionDataCollector:
             context=context,
             offered_current_a=offered_current_a,
             phases=self.phases,
+            signed=signed,
         )
         return meter_value(timestamp_iso, values) if values else None
 
@@ -326,9 +411,10 @@ class TransactionDataCollector:
         measurands: Sequence[str],
         *,
         offered_current_a: float | None = None,
+        signed: bool = False,
     ) -> None:
         made = self._make(
-            timestamp_iso, reading, measurands, "Transaction.Begin", offered_current_a
+            timestamp_iso, reading, measurands, "Transaction.Begin", offered_current_a, signed
         )
         if made is not None:
             self._begin = made
@@ -340,8 +426,11 @@ class TransactionDataCollector:
         measurands: Sequence[str],
         *,
         offered_current_a: float | None = None,
+        signed: bool = False,
     ) -> None:
-        self._add_middle(timestamp_iso, reading, measurands, "Sample.Periodic", offered_current_a)
+        self._add_middle(
+            timestamp_iso, reading, measurands, "Sample.Periodic", offered_current_a, signed
+        )
 
     def aligned(
         self,
@@ -350,8 +439,11 @@ class TransactionDataCollector:
         measurands: Sequence[str],
         *,
         offered_current_a: float | None = None,
+        signed: bool = False,
     ) -> None:
-        self._add_middle(timestamp_iso, reading, measurands, "Sample.Clock", offered_current_a)
+        self._add_middle(
+            timestamp_iso, reading, measurands, "Sample.Clock", offered_current_a, signed
+        )
 
     def end(
         self,
@@ -360,8 +452,11 @@ class TransactionDataCollector:
         measurands: Sequence[str],
         *,
         offered_current_a: float | None = None,
+        signed: bool = False,
     ) -> None:
-        made = self._make(timestamp_iso, reading, measurands, "Transaction.End", offered_current_a)
+        made = self._make(
+            timestamp_iso, reading, measurands, "Transaction.End", offered_current_a, signed
+        )
         if made is not None:
             self._end = made
 
@@ -372,10 +467,11 @@ class TransactionDataCollector:
         measurands: Sequence[str],
         context: str,
         offered_current_a: float | None,
+        signed: bool,
     ) -> None:
         if self._end is not None:
             return
-        made = self._make(timestamp_iso, reading, measurands, context, offered_current_a)
+        made = self._make(timestamp_iso, reading, measurands, context, offered_current_a, signed)
         if made is None:
             return
         number = self._arrivals

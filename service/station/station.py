@@ -604,7 +604,12 @@ class Station:
         session.next_sample = self.clock.monotonic() + interval if interval > 0 else None
         collector = metering.TransactionDataCollector(phases=evse.phases)
         if reading is not None:
-            collector.begin(session.start_timestamp, reading, self._csl("StopTxnSampledData"))
+            collector.begin(
+                session.start_timestamp,
+                reading,
+                self._csl("StopTxnSampledData"),
+                signed=self.signs_readings(),
+            )
         session.collector_state = collector.to_json()
         with self.sessions.atomic():  # the row says "started" only with its StartTransaction
             self.sessions.save(session)
@@ -670,7 +675,9 @@ class Station:
         timestamp = self.timestamp()
         collector = self._collector(evse, session)
         if reading is not None:
-            collector.end(timestamp, reading, self._csl("StopTxnSampledData"))
+            collector.end(
+                timestamp, reading, self._csl("StopTxnSampledData"), signed=self.signs_readings()
+            )
         evse.hardware.pilot.set_locked(False)  # the driver may take the cable now
         log.info(
             "transaction %s on EVSE %d stopped (%s) at %.0f Wh",
@@ -841,6 +848,17 @@ class Station:
         elif evse_id in self.evses:
             self.evses[evse_id].availability = availability
 
+    def energy_limit_reached(self, evse_id: int) -> bool:
+        """The EVSE's transaction was de-authorized and used up MaxEnergyOnInvalidId."""
+        evse = self.evse(evse_id)
+        session = evse.session
+        if session is None or not session.started or not session.deauthorized:
+            return False
+        if session.max_energy_wh is None or evse.reading is None:
+            return session.max_energy_wh is not None
+        used = evse.reading.energy_import_wh - session.meter_start_wh
+        return used >= session.max_energy_wh
+
     def has_transaction(self, evse_id: int | None = None) -> bool:
         evses = self.evses.values() if evse_id is None else [self.evse(evse_id)]
         return any(e.session is not None and e.session.started for e in evses)
@@ -985,6 +1003,7 @@ class Station:
             context=context,
             offered_current_a=evse.offered_a,
             phases=evse.phases,
+            signed=self.signs_readings(),
         )
         if values:
             self.listener.meter_values(
@@ -1058,9 +1077,19 @@ class Station:
             return
         collector = self._collector(evse, session)
         if kind == "periodic":
-            collector.periodic(self.timestamp(), evse.reading, self._csl("StopTxnSampledData"))
+            collector.periodic(
+                self.timestamp(),
+                evse.reading,
+                self._csl("StopTxnSampledData"),
+                signed=self.signs_readings(),
+            )
         else:
-            collector.aligned(self.timestamp(), evse.reading, self._csl("StopTxnAlignedData"))
+            collector.aligned(
+                self.timestamp(),
+                evse.reading,
+                self._csl("StopTxnAlignedData"),
+                signed=self.signs_readings(),
+            )
         session.collector_state = collector.to_json()
 
     @staticmethod
@@ -1075,6 +1104,11 @@ class Station:
         return metering.TransactionDataCollector(phases=evse.phases)
 
     # ------------------------------------------------------------------ helpers
+    def signs_readings(self) -> bool:
+        """Energy values carry the meter's signature (SampledDataSignReadings / 2.0.1
+        SampledDataCtrlr.SignReadings), when the meter gives one."""
+        return self.cfg.get("SampledDataSignReadings") is True
+
     def _int(self, key: str) -> int:
         value = self.cfg.get(key)
         assert isinstance(value, int) and not isinstance(value, bool)

@@ -303,13 +303,13 @@ async def test_id_tokens_and_a_callerror_to_a_transaction_event(
     csms: TestCsms, daemons: list[DaemonProcess], tmp_path: Path, dbus_address: str
 ) -> None:
     daemon = await start(csms, daemons, tmp_path, dbus_address)
-    # 2.0.1 allows 36 characters and the type NoAuthorization with an empty idToken; the station
-    # keeps 1.6 idTags, so these are refused with a reason (not accepted and then lost).
+    # 2.0.1 allows 36 characters (taken) and an empty idToken only of type NoAuthorization;
+    # evsed keeps tokens to printable ASCII (its cache and list serve both versions): these are
+    # refused with a reason (not accepted and then lost).
     for token in (
-        {"idToken": "E" * 36, "type": "eMAID"},
-        {"idToken": "X" * 21, "type": "ISO15693"},
-        {"idToken": "", "type": "NoAuthorization"},
+        {"idToken": "", "type": "ISO15693"},
         {"idToken": "k\u00e9y", "type": "KeyCode"},
+        {"idToken": "tab\there", "type": "Local"},
     ):
         answer = await csms.call(
             CP, "RequestStartTransaction", {"idToken": token, "remoteStartId": 1, "evseId": 1}
@@ -325,7 +325,7 @@ async def test_id_tokens_and_a_callerror_to_a_transaction_event(
 
     csms.on_event = once
     since = len(csms.received)
-    token = {"idToken": "M" * 20, "type": "MacAddress"}
+    token = {"idToken": "E" * 36, "type": "eMAID"}  # longer than 1.6 could carry
     answer = await csms.call(
         CP, "RequestStartTransaction", {"idToken": token, "remoteStartId": 5, "evseId": 1}
     )

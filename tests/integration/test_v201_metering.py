@@ -1,15 +1,32 @@
 """OCPP 2.0.1 meter values end to end (J01, J02): evsed with simulated hardware (a 3-phase
 meter without export register, SoC or signed data), driven over a private D-Bus, against the
-test CSMS speaking ocpp2.0.1. Every setting is made with SetVariables, as a CSMS would."""
+test CSMS speaking ocpp2.0.1. Every setting is made with SetVariables, as a CSMS would.
+Signed meter values: evsed on the wire-level simulators with a Modbus meter that signs."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
+import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+from hal.interfaces import PilotState
+from hal.sim.modbus_meter import (
+    OCMF_SIGNING_METHOD,
+    ModbusMeterServer,
+    SimulatedModbusMeter,
+    split_ocmf,
+)
+from hal.sim.pn532 import Pn532Emulator
+from hal.sim.rapi_mcu import RapiMcuEmulator
 from testcsms.server import TestCsms
 from tests.integration.conftest import DaemonProcess
 from tests.integration.conftest import write_config as write_base_config
@@ -255,3 +272,145 @@ async def test_send_during_idle_and_no_ended_samples_by_default(
     assert contexts == ["Transaction.Begin", "Transaction.End"]
     await csms.wait_until(lambda: len(clock_values(csms, 1)) > mark)  # idle again: sent
     assert await daemon.stop() == 0
+
+
+# -- J02 signed meter values (a meter that signs, on the wire-level simulators) ---------------
+
+
+def signed_tables(mcu: str, reader: str, tcp_port: int) -> str:
+    return f"""
+[evse.meter]
+backend = "modbus"
+[evse.meter.options]
+map = "evsed_ocmf"
+transport = "tcp"
+host = "127.0.0.1"
+tcp_port = {tcp_port}
+timeout_s = 0.5
+[evse.pilot]
+backend = "rapi"
+[evse.pilot.options]
+port = "{mcu}"
+[evse.contactor]
+backend = "rapi"
+[evse.contactor.options]
+port = "{mcu}"
+[evse.token_reader]
+backend = "pn532"
+[evse.token_reader.options]
+port = "{reader}"
+poll_interval_s = 0.1
+"""
+
+
+def verified_energy(value: dict[str, Any], public_key_der: bytes) -> float:
+    """What a CSMS does with a signed energy value: decode it, check the signature with the
+    public key that came with it, and read the energy (Wh) the meter signed."""
+    signed = value["signedMeterValue"]
+    assert signed["signingMethod"] == OCMF_SIGNING_METHOD
+    assert signed["encodingMethod"] == "OCMF"
+    key_der = base64.b64decode(signed["publicKey"])
+    assert key_der == public_key_der  # the meter's own key
+    key = load_der_public_key(key_der)
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    payload, signature = split_ocmf(base64.b64decode(signed["signedMeterData"]).decode())
+    key.verify(bytes.fromhex(str(signature["SD"])), payload.encode(), ec.ECDSA(hashes.SHA256()))
+    kwh = json.loads(payload)["RD"][0]["RV"]
+    assert isinstance(kwh, float | int)
+    return float(kwh) * 1000.0
+
+
+def signed_energy(meter_values: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        v for v in samples(meter_values) if v["measurand"] == ENERGY and "signedMeterValue" in v
+    ]
+
+
+async def physics(mcu: RapiMcuEmulator, meter: SimulatedModbusMeter, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        meter.set_values(current_a=mcu.charging_current_a if mcu.relay_closed else 0.0)
+        meter.advance(0.1)
+        await asyncio.sleep(0.1)
+
+
+async def test_signed_meter_values_verify_with_the_meters_key(
+    csms: TestCsms, daemons: list[DaemonProcess], tmp_path: Path, dbus_address: str
+) -> None:
+    mcu = RapiMcuEmulator(tmp_path / "ttyMCU", max_current_a=32, capacity_a=16)
+    reader = Pn532Emulator(tmp_path / "ttyNFC")
+    meter = SimulatedModbusMeter("evsed_ocmf", 1, energy_import_wh=5000.0)
+    server = ModbusMeterServer(meter)
+    await mcu.start()
+    reader.start()
+    await server.start()
+    stop = asyncio.Event()
+    loop_task = asyncio.create_task(physics(mcu, meter, stop))
+    try:
+        config = write_base_config(
+            tmp_path,
+            csms.url,
+            dbus_address=dbus_address,
+            versions=V201,
+            csms_extra="external_websocket_control = true",
+        )
+        text = config.read_text().replace(
+            "[[evse]]\nid = 1\n",
+            "[[evse]]\nid = 1\n" + signed_tables(mcu.port, str(reader.port), server.tcp_port),
+        )
+        config.write_text(text)
+        daemon = await launch(config, tmp_path, daemons)
+        await csms.wait_for(status_is("Available"), timeout=15)
+        # Off by default; ReadWrite with a meter that signs.
+        [sign] = await get(csms, var(SAMPLED, "SignReadings"))
+        assert sign["attributeValue"] == "false"
+        assert (
+            statuses(
+                await set_(
+                    csms,
+                    var(SAMPLED, "SignReadings", value="true"),
+                    var(SAMPLED, "TxUpdatedInterval", value="1"),
+                    var(SAMPLED, "TxUpdatedMeasurands", value=f"{ENERGY},{VOLTAGE}"),
+                    var(SAMPLED, "TxEndedMeasurands", value=ENERGY),
+                )
+            )
+            == ["Accepted"] * 4
+        )
+
+        mcu.plug()
+        reader.place_card("04A1B2C3D4E5F6")
+        [started] = await csms.wait_for(event_is("Started"), timeout=15)
+        mcu.set_state(PilotState.C)
+        periodic = await csms.wait_for(
+            event_is("Updated", "MeterValuePeriodic"), count=2, timeout=15
+        )
+        await asyncio.sleep(0.5)
+        mcu.unplug()
+        [ended] = await csms.wait_for(event_is("Ended"), timeout=15)
+
+        # Transaction.Begin in Started: signed, and the signature holds the energy sent.
+        [begin] = signed_energy(started.payload["meterValue"])
+        assert begin["context"] == "Transaction.Begin"
+        assert verified_energy(begin, meter.public_key_der) == pytest.approx(begin["value"], abs=1)
+        # Periodic samples: the energy signed, the voltage not.
+        for event in periodic:
+            [value] = signed_energy(event.payload["meterValue"])
+            assert value["context"] == "Sample.Periodic"
+            assert verified_energy(value, meter.public_key_der) == pytest.approx(
+                value["value"], abs=1
+            )
+            assert len(samples(event.payload["meterValue"])) == 4  # energy + 3 voltages
+        # Transaction.End in Ended: signed; energy flowed through the real drivers.
+        end = [
+            v
+            for v in signed_energy(ended.payload["meterValue"])
+            if v["context"] == "Transaction.End"
+        ]
+        assert len(end) == 1
+        assert verified_energy(end[0], meter.public_key_der) > 5000.0
+        assert await daemon.stop() == 0
+    finally:
+        stop.set()
+        await loop_task
+        await server.stop()
+        reader.stop()
+        await mcu.close()

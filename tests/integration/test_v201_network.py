@@ -222,3 +222,138 @@ async def test_statuses_after_an_outage_longer_than_offline_threshold(
     mark = await _outage(csms, daemon, 1.5)
     [status] = await csms.wait_for(_status("Available"), since=mark)
     assert status.payload["evseId"] == 1 and status.payload["connectorId"] == 1
+
+
+# ---------------------------------------------------------------------------- variables
+PASSWORD = "it-secret-0123456789"
+PLACEHOLDER = "ws://csms.invalid/ocpp"
+
+
+@pytest.fixture
+async def auth_csms() -> AsyncIterator[TestCsms]:
+    server = TestCsms(heartbeat_interval=300, basic_auth={CP: PASSWORD})
+    async with server:
+        yield server
+
+
+@pytest.fixture
+async def auth_csms_b() -> AsyncIterator[TestCsms]:
+    server = TestCsms(heartbeat_interval=300, basic_auth={CP: PASSWORD})
+    async with server:
+        yield server
+
+
+async def get_variables(csms: TestCsms, *names: tuple[str, dict[str, str]]) -> list[str]:
+    answer = await csms.call(
+        CP,
+        "GetVariables",
+        {
+            "getVariableData": [
+                {"component": {"name": component}, "variable": variable}
+                for component, variable in names
+            ]
+        },
+    )
+    results = answer["getVariableResult"]
+    assert all(r["attributeStatus"] == "Accepted" for r in results), results
+    return [str(r.get("attributeValue")) for r in results]
+
+
+async def set_one(csms: TestCsms, component: str, variable: str, value: str) -> dict[str, Any]:
+    answer = await csms.call(
+        CP,
+        "SetVariables",
+        {
+            "setVariableData": [
+                {
+                    "component": {"name": component},
+                    "variable": {"name": variable},
+                    "attributeValue": value,
+                }
+            ]
+        },
+    )
+    return dict(answer["setVariableResult"][0])
+
+
+IN_USE = (
+    ("SecurityCtrlr", {"name": "SecurityProfile"}),
+    ("OCPPCommCtrlr", {"name": "MessageTimeout", "instance": "Default"}),
+    ("SecurityCtrlr", {"name": "AllowSecurityProfileDowngrade"}),
+    ("OCPPCommCtrlr", {"name": "NetworkConfigurationPriority"}),
+)
+
+
+async def test_priority_security_profile_and_downgrade_on_the_wire(
+    auth_csms: TestCsms,
+    auth_csms_b: TestCsms,
+    daemons: list[DaemonProcess],
+    tmp_path: Path,
+) -> None:
+    """Security profile 1 (Basic auth) against A; a profile for B in slot 1; the variables
+    report the profile in use before and after the move; no downgrade to 0, even allowed."""
+    config = write_config(
+        tmp_path,
+        auth_csms.url,
+        versions=V201,
+        security_profile=1,
+        csms_extra=f'basic_auth_password = "{PASSWORD}"',
+    )
+    daemon = await start_daemon(config, tmp_path)
+    daemons.append(daemon)
+    await auth_csms.wait_for("BootNotification", timeout=20)
+    assert await get_variables(auth_csms, *IN_USE) == ["1", "2", "false", "0"]
+
+    # A priority naming an empty, unknown or repeated slot is refused at once.
+    for value in ("1", "1,0", "0,0", "a", "7"):
+        result = await set_one(auth_csms, "OCPPCommCtrlr", "NetworkConfigurationPriority", value)
+        assert result["attributeStatus"] == "Rejected", value
+        assert result["attributeStatusInfo"]["reasonCode"] == "InvalidValue"
+
+    # No downgrade to profile 0, and AllowSecurityProfileDowngrade does not change that.
+    plain = connection_data(auth_csms_b.url, securityProfile=0)
+    for allow in ("false", "true"):
+        result = await set_one(auth_csms, "SecurityCtrlr", "AllowSecurityProfileDowngrade", allow)
+        assert result["attributeStatus"] == "Accepted"
+        answer = await set_profile(auth_csms, 1, plain)
+        assert answer["status"] == "Rejected"
+        assert answer["statusInfo"]["reasonCode"] == "NoSecurityDowngrade"
+
+    secured = connection_data(auth_csms_b.url, securityProfile=1, messageTimeout=7)
+    assert await set_profile(auth_csms, 1, secured) == {"status": "Accepted"}
+    assert await set_variable(auth_csms, "NetworkConfigurationPriority", "1,0") == "RebootRequired"
+    assert await csms_call_reset(auth_csms) == {"status": "Accepted"}
+    await auth_csms_b.wait_for("BootNotification", timeout=20)
+    await auth_csms_b.wait_for(_status("Available"))
+    # B's profile is in use; AllowSecurityProfileDowngrade survived the restart.
+    assert await get_variables(auth_csms_b, *IN_USE) == ["1", "7", "true", "1,0"]
+    assert "connected with network profile slot 1 (security profile 1)" in daemon.stderr()
+
+
+async def csms_call_reset(csms: TestCsms) -> dict[str, Any]:
+    return dict(await csms.call(CP, "Reset", {"type": "Immediate"}))
+
+
+async def test_a_placeholder_url_does_not_block_stored_profiles(
+    csms: TestCsms, csms_b: TestCsms, daemons: list[DaemonProcess], tmp_path: Path
+) -> None:
+    """The configuration file goes back to the packaged placeholder (a reinstall); the state
+    directory keeps B's profile: the daemon connects to B instead of waiting."""
+    daemon = await start(csms, daemons, tmp_path)
+    assert await set_profile(csms, 1, connection_data(csms_b.url)) == {"status": "Accepted"}
+    assert await set_variable(csms, "NetworkConfigurationPriority", "1,0") == "RebootRequired"
+    assert await daemon.stop() == 0
+
+    config = write_config(tmp_path, PLACEHOLDER, versions=V201)
+    restarted = await start_daemon(config, tmp_path)
+    daemons.append(restarted)
+    await restarted.wait_notification("READY=1")
+    assert "not connecting; set the CSMS URL" not in restarted.stderr()
+    [boot] = await csms_b.wait_for("BootNotification", timeout=20)
+    assert boot.payload["chargingStation"]["model"] == "it-test"
+    assert "slot 0 is in the priority list but the [csms] url is the placeholder" in (
+        restarted.stderr()
+    )
+    assert "csms.invalid" not in "".join(
+        line for line in restarted.stderr_lines if "connect" in line and "cannot" in line
+    )

@@ -66,6 +66,7 @@ def meter_payload(station: Station, connector_id: int, timestamp: str) -> JsonDi
         context="Trigger",
         offered_current_a=evse.offered_a,
         phases=evse.phases,
+        signed=station.signs_readings(),
     )
     if not values:
         return None

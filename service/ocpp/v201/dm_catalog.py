@@ -20,9 +20,13 @@ Names follow OCPP 2.0.1 Part 2 appendix 3 (the `ocpp` library's ControllerCompon
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
+from hal.meter.maps import MeterMapError, resolve_map
+from service.config import Settings
 from service.ocpp.library import enums as ocpp_enums
 from service.ocpp.v201.dm_types import (
     AttributeSpec,
@@ -74,6 +78,24 @@ TIME_SOURCES = ("Heartbeat", "NTP", "GPS", "RealTimeClock", "MobileNetwork", "Ra
 FILE_TRANSFER_PROTOCOLS = ("FTP", "FTPS", "HTTP", "HTTPS")
 # SetNetworkProfile configuration slots (OCPPCommCtrlr.NetworkConfigurationPriority values).
 NETWORK_SLOTS: tuple[int, ...] = (0, 1, 2, 3)
+
+
+class NetworkState(Protocol):
+    """The network connection profiles of a running charger, as the device model reports them
+    (service/ocpp/v201/network.py NetworkProfiles)."""
+
+    def usable_slots(self) -> tuple[int, ...]: ...
+
+    def security_profile_in_use(self) -> int: ...
+
+    def message_timeout_in_use(self) -> int: ...
+
+
+# Each running charger's network profiles, by its Station (NetworkProfiles registers itself;
+# both sides weak). Without one the [csms] table of the configuration file answers.
+NETWORK_STATES: weakref.WeakKeyDictionary[object, Callable[[], NetworkState | None]] = (
+    weakref.WeakKeyDictionary()
+)
 
 _OCCUPIED = frozenset(
     {
@@ -193,6 +215,36 @@ def _backoff_repeat_times(ctx: Context, component: ComponentKey) -> str:
     if csms.backoff_min_s <= 0 or csms.backoff_max_s <= csms.backoff_min_s:
         return "0"
     return str(math.ceil(math.log2(csms.backoff_max_s / csms.backoff_min_s)))
+
+
+def _network(ctx: Context) -> NetworkState | None:
+    ref = None if ctx.station is None else NETWORK_STATES.get(ctx.station)
+    return None if ref is None else ref()
+
+
+def _network_priority(ctx: Context, component: ComponentKey) -> Characteristics:
+    """valuesList: the slots holding a profile the charger may connect with."""
+    network = _network(ctx)
+    slots = NETWORK_SLOTS if network is None else network.usable_slots()
+    return Characteristics(
+        DataType.SEQUENCE_LIST,
+        max_limit=MAX_VALUE_LENGTH,
+        values_list=tuple(str(slot) for slot in slots),
+    )
+
+
+def _security_profile(ctx: Context, component: ComponentKey) -> str:
+    network = _network(ctx)
+    if network is None:
+        return str(ctx.settings.csms.security_profile)
+    return str(network.security_profile_in_use())
+
+
+def _message_timeout(ctx: Context, component: ComponentKey) -> str:
+    network = _network(ctx)
+    if network is None:
+        return str(ctx.settings.csms.call_timeout_s)
+    return str(network.message_timeout_in_use())
 
 
 def _bool(value: bool) -> str:
@@ -453,13 +505,14 @@ def _build() -> tuple[VariableSpec, ...]:
             "protocols of firmware and log transfers",
         ),
         shared(comm, "HeartbeatInterval", "HeartbeatInterval", unit="s"),
-        _fixed(
+        _one(
             comm,
             "MessageTimeout",
             _int("s", 1, 600),
-            lambda ctx, c: str(ctx.settings.csms.call_timeout_s),
-            "from [csms] call_timeout_s",
+            Live(_message_timeout),
             instance="Default",
+            description="messageTimeout of the network profile in use "
+            "([csms] call_timeout_s for the configuration file's)",
         ),
         shared(
             comm,
@@ -470,19 +523,14 @@ def _build() -> tuple[VariableSpec, ...]:
         ),
         shared(comm, "MessageAttempts", "TransactionMessageAttempts", instance="TransactionEvent"),
         shared(comm, "MinimumStatusDuration", "MinimumStatusDuration", unit="s"),
-        _one(
-            comm,
-            "NetworkConfigurationPriority",
-            Characteristics(
-                DataType.SEQUENCE_LIST,
-                max_limit=MAX_VALUE_LENGTH,
-                values_list=tuple(str(slot) for slot in NETWORK_SLOTS),
-            ),
-            Stored("0"),
-            mutability=RW,
-            reboot_required=True,
+        VariableSpec(
+            component=comm,
+            name="NetworkConfigurationPriority",
+            characteristics=_network_priority,
+            attributes=(AttributeSpec(ACTUAL, RW, Stored("0"), reboot_required=True),),
             description="network profile slots to try, in order, from the next restart "
-            "(service/ocpp/v201/network.py); slot 0 is the [csms] table until set",
+            "(service/ocpp/v201/network.py); slot 0 is the [csms] table until set; "
+            "valuesList: the slots holding a profile the charger may connect with",
         ),
         _stored(
             comm,
@@ -525,6 +573,14 @@ def _build() -> tuple[VariableSpec, ...]:
         shared(comm, "UnlockOnEVSideDisconnect", "UnlockConnectorOnEVSideDisconnect"),
         shared(comm, "WebSocketPingInterval", "WebSocketPingInterval", unit="s"),
         # ---------------------------------------------------------------- SecurityCtrlr
+        _stored(
+            "SecurityCtrlr",
+            "AllowSecurityProfileDowngrade",
+            _BOOL,
+            "false",
+            "true: SetNetworkProfile and the fallback may go from security profile 3 to 2 "
+            "(never lower)",
+        ),
         _one(
             "SecurityCtrlr",
             "BasicAuthPassword",
@@ -555,15 +611,16 @@ def _build() -> tuple[VariableSpec, ...]:
             lambda ctx, c: ctx.settings.identity.vendor,
             "organization of the charger's certificates; [identity] vendor until set",
         ),
-        _fixed(
+        _one(
             "SecurityCtrlr",
             "SecurityProfile",
             _int(None, 0, 3),
-            lambda ctx, c: str(ctx.settings.csms.security_profile),
-            "[csms] security_profile",
+            Live(_security_profile),
+            description="security profile of the network profile in use ([csms] "
+            "security_profile for the configuration file's)",
         ),
         # ---------------------------------------------------------------- AuthCtrlr
-        _fixed_bool("AuthCtrlr", "Enabled", True),
+        shared("AuthCtrlr", "Enabled", "AuthEnabled"),
         shared("AuthCtrlr", "AuthorizeRemoteStart", "AuthorizeRemoteTxRequests"),
         shared("AuthCtrlr", "LocalAuthorizeOffline", "LocalAuthorizeOffline"),
         shared("AuthCtrlr", "LocalPreAuthorize", "LocalPreAuthorize"),
@@ -571,6 +628,14 @@ def _build() -> tuple[VariableSpec, ...]:
         # ---------------------------------------------------------------- AuthCacheCtrlr
         _fixed_bool("AuthCacheCtrlr", "Available", True),
         shared("AuthCacheCtrlr", "Enabled", "AuthorizationCacheEnabled"),
+        shared("AuthCacheCtrlr", "LifeTime", "AuthorizationCacheLifeTime", unit="s"),
+        _fixed(
+            "AuthCacheCtrlr",
+            "Policy",
+            Characteristics(DataType.OPTION_LIST, values_list=("LRU",)),
+            "LRU",
+            "the least recently written or used entry goes first when the cache is full",
+        ),
         # ---------------------------------------------------------------- LocalAuthListCtrlr
         *_local_auth_list(),
         # ------------------------------------------- features this charger does not have yet
@@ -740,3 +805,44 @@ def _self_check(catalog: tuple[VariableSpec, ...]) -> None:
 
 
 _self_check(CATALOG)
+
+
+# ---------------------------------------------------------------------------- signed readings
+SIGNED_READINGS_KEY = "SampledDataSignReadings"
+
+
+def meter_signs(settings: Settings) -> bool:
+    """Whether a configured meter signs its readings: a "modbus" meter whose register map has
+    a [signed] table (hal.meter.maps)."""
+    for evse in settings.evses:
+        if evse.meter.backend != "modbus":
+            continue
+        spec = evse.meter.options.get("map")
+        if not isinstance(spec, str):
+            continue
+        try:
+            if resolve_map(spec).signed is not None:
+                return True
+        except MeterMapError:
+            continue  # the meter's driver reports its bad map
+    return False
+
+
+def catalog_for(
+    settings: Settings, catalog: tuple[VariableSpec, ...] = CATALOG
+) -> tuple[VariableSpec, ...]:
+    """`catalog` for this configuration: with a meter that signs, SampledDataCtrlr.SignReadings
+    is ReadWrite, shared with the 1.6 key SampledDataSignReadings; otherwise it stays the fixed
+    false of CATALOG (a write is Rejected: there is nothing to sign with)."""
+    if not meter_signs(settings):
+        return catalog
+    sign = shared(
+        "SampledDataCtrlr",
+        "SignReadings",
+        SIGNED_READINGS_KEY,
+        description="signed Energy.Active.Import.Register values from the meter",
+    )
+    return tuple(
+        sign if (spec.component, spec.name) == ("SampledDataCtrlr", "SignReadings") else spec
+        for spec in catalog
+    )

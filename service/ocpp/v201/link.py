@@ -39,8 +39,15 @@ A 2.0.1 transaction is this module's idea, laid over the station's session:
   become Updated MeterValuePeriodic, clock-aligned ones Updated MeterValueClock (none while
   AlignedDataCtrlr.SendDuringIdle is true); Ended carries the station's transaction data
   (TxEndedMeasurands): Transaction.Begin and .End always, periodic samples only when
-  SampledDataCtrlr.TxEndedInterval > 0, thinned to that spacing. Outside a transaction the
-  values go out as MeterValues.
+  SampledDataCtrlr.TxEndedInterval > 0, thinned to that spacing, clock-aligned ones only
+  on multiples of AlignedDataCtrlr.TxEndedInterval. Outside a transaction the values go out
+  as MeterValues. With SampledDataCtrlr.SignReadings and a meter that signs, the energy
+  values carry the meter's signedMeterValue.
+* Tokens: `id_token_max_length` (36) tells the station how long a token may be; a session's
+  token type goes with its idToken (NoAuthorization with "" for free charging), and the
+  token that stopped a transaction goes in the event that reports the stop (E07).
+* E05: a de-authorized transaction that used up MaxEnergyOnInvalidId is suspended with
+  triggerReason EnergyLimitReached.
 
 StatusNotification: one per connector of an EVSE, status mapped to the 2.0.1 words
 (Available, Occupied, Reserved, Unavailable, Faulted); a station change that maps to the same
@@ -609,6 +616,8 @@ class V201StationLink:
         state = "EVConnected" if starting else self._charging_state(evse_id, now)
         if trigger is None and state != tx.charging_state:
             trigger = "ChargingStateChanged"
+            if state == "SuspendedEVSE" and self.station.energy_limit_reached(evse_id):
+                trigger = "EnergyLimitReached"  # E05: MaxEnergyOnInvalidId used up
         if trigger is not None:
             self._event(tx, "Updated", trigger, timestamp=timestamp, charging_state=state)
 

@@ -297,6 +297,7 @@ class V201Remote:
             context="Trigger",
             offered_current_a=evse.offered_a,
             phases=evse.phases,
+            signed=self.station.signs_readings(),
         )
         if not values:
             return None

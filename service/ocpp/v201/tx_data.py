@@ -77,10 +77,30 @@ def id_token_info(data: Mapping[str, Any]) -> IdTagInfo:
     return IdTagInfo(AuthStatus(raw), expiry, parent if isinstance(parent, str) else None)
 
 
-def meter_value_v201(value: Mapping[str, Any]) -> dict[str, Any] | None:
-    """A station (1.6-shaped) MeterValue as a 2.0.1 MeterValueType; None when empty."""
+def _same_sample(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return all(a.get(key) == b.get(key) for key in ("context", "measurand", "phase", "location"))
+
+
+def meter_value_v201(value: Mapping[str, Any], *, signed: bool = False) -> dict[str, Any] | None:
+    """A station (1.6-shaped) MeterValue as a 2.0.1 MeterValueType; None when empty.
+
+    A "SignedData" sample (service.station.metering) becomes the `signedMeterValue` of the
+    plain sample it follows (same measurand, context, phase and location) when `signed`
+    (SampledDataCtrlr.SignReadings) is true; otherwise, or when it is not a signed value this
+    charger made, or has no plain twin, it is left out.
+    """
     samples: list[dict[str, Any]] = []
     for sv in value.get("sampledValue", []):
+        if not isinstance(sv, Mapping):
+            continue
+        if sv.get("format") == metering.SIGNED_DATA:
+            if not signed or not samples or not _same_sample(samples[-1], sv):
+                continue
+            text = sv.get("value")
+            signature = metering.parse_signed_value(text) if isinstance(text, str) else None
+            if signature is not None and "signedMeterValue" not in samples[-1]:
+                samples[-1]["signedMeterValue"] = signature
+            continue
         try:
             number = float(sv["value"])
         except (KeyError, TypeError, ValueError):
@@ -98,6 +118,19 @@ def meter_value_v201(value: Mapping[str, Any]) -> dict[str, Any] | None:
     if not samples:
         return None
     return {"timestamp": value["timestamp"], "sampledValue": samples}
+
+
+ALIGNED_TOLERANCE_S = 1.0
+_DAY_S = 86_400
+
+
+def on_aligned_interval(moment: float, interval_s: int) -> bool:
+    """Whether the unix time `moment` falls on a multiple of `interval_s` seconds counted from
+    00:00:00 UTC of its day (within ALIGNED_TOLERANCE_S, either side)."""
+    if interval_s <= 0:
+        return False
+    offset = (moment % _DAY_S) % interval_s
+    return offset <= ALIGNED_TOLERANCE_S or interval_s - offset <= ALIGNED_TOLERANCE_S
 
 
 def reading_context(value: Mapping[str, Any]) -> str:
@@ -174,15 +207,22 @@ def ended_values(
     ended_measurands: list[str],
     meter_stop_wh: float,
     timestamp: str,
+    signed: bool = False,
 ) -> list[dict[str, Any]]:
     """The Ended event's meter values from the station's transaction data (1.6-shaped):
     Transaction.Begin and .End, periodic samples only with SampledDataCtrlr.TxEndedInterval
     > 0 (thinned to that spacing), clock-aligned ones only with AlignedDataCtrlr.TxEndedInterval
-    > 0 (all of them: not thinned to that interval). The samples come from the station's
-    TxUpdatedInterval / AlignedDataCtrlr.Interval schedules, so an Ended interval shorter than
-    those (or with those off) gives fewer values. Without an end value (recovered after a power
-    cut) the last energy reading the station kept."""
-    values = [v for v in map(meter_value_v201, transaction_data) if v is not None]
+    > 0 and then only those taken on a multiple of that interval from midnight UTC (clock
+    aligned to it, `on_aligned_interval`; a value whose time cannot be read is kept). The
+    samples come from the station's TxUpdatedInterval / AlignedDataCtrlr.Interval schedules,
+    so an Ended interval shorter than those (or with those off) gives fewer values. Without an
+    end value (recovered after a power cut) the last energy reading the station kept. `signed`
+    keeps the meter's signatures (see meter_value_v201)."""
+    values = [
+        v
+        for v in (meter_value_v201(item, signed=signed) for item in transaction_data)
+        if v is not None
+    ]
     kept: list[dict[str, Any]] = []
     last_sample: float | None = None
     for value in values:
@@ -199,8 +239,12 @@ def ended_values(
                 continue
             if moment is not None:
                 last_sample = moment
-        elif context == "Sample.Clock" and aligned_interval <= 0:
-            continue
+        elif context == "Sample.Clock":
+            if aligned_interval <= 0:
+                continue
+            moment = parse_iso(str(value["timestamp"]))
+            if moment is not None and not on_aligned_interval(moment, aligned_interval):
+                continue
         kept.append(value)
     if (
         not any(reading_context(v) == "Transaction.End" for v in kept)

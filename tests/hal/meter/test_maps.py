@@ -58,7 +58,7 @@ def edited(old: str, new: str) -> str:
 
 
 def test_builtin_maps_are_the_documented_ones() -> None:
-    assert builtin_names() == ("abb_b23", "em340", "sdm120", "sdm630", "sdm72")
+    assert builtin_names() == ("abb_b23", "em340", "evsed_ocmf", "sdm120", "sdm630", "sdm72")
     for name in builtin_names():
         meter_map = resolve_map(name)
         assert meter_map.name == name
@@ -390,3 +390,79 @@ def test_the_check_command_shows_a_map_or_its_first_mistake(
     bad = write(tmp_path, edited("phases = 3", "phases = 0"))
     assert main([str(bad)]) == 1
     assert f"error: {bad}: meter.phases" in capsys.readouterr().out
+
+
+# -- signed records ----------------------------------------------------------------------------
+
+SIGNED = """
+[signed]
+length = 0x1000
+data = 0x1001
+max_length = 100
+signing_method = "ECDSA-secp256r1-SHA256"
+encoding_method = "OCMF"
+"""
+
+
+def test_the_signed_table_is_read_with_its_defaults(tmp_path: Path) -> None:
+    meter_map = load_map(write(tmp_path, THREE_PHASE + SIGNED))
+    signed = meter_map.signed
+    assert signed is not None
+    assert signed.function is Function.HOLDING
+    assert (signed.length, signed.data, signed.max_length) == (0x1000, 0x1001, 100)
+    assert signed.public_key is None and signed.public_key_length is None
+    assert signed.spans() == [("length", 0x1000, 1), ("data", 0x1001, 50)]
+    # The signed registers are not read with the measured values.
+    assert all(block.end <= 0x1000 for block in meter_map.blocks)
+    assert load_map(write(tmp_path, THREE_PHASE)).signed is None
+
+
+def test_the_example_ocmf_map_signs_with_a_hex_public_key() -> None:
+    signed = resolve_map("evsed_ocmf").signed
+    assert signed is not None
+    assert signed.encoding_method == "OCMF"
+    assert signed.public_key_format == "hex"
+    assert signed.public_key == 0x1401 and signed.public_key_max_length == 400
+
+
+@pytest.mark.parametrize(
+    ("table", "entry", "problem"),
+    [
+        ("max_length = 1876", "signed.max_length", "1..1875"),
+        ("max_length = 0", "signed.max_length", "1..1875"),
+        ("data = 65500", "signed.data", "expected an integer"),
+        ("data = 0x1000", "signed.data", "overlaps signed.length"),
+        ('function = "input"\ndata = 0x0040', "signed.data", "overlaps registers.energy"),
+        ('signing_method = ""', "signed.signing_method", "printable ASCII"),
+        ('encoding_method = "' + "x" * 51 + '"', "signed.encoding_method", "1..50"),
+        ('encoding_method = "OCMF\u00e9"', "signed.encoding_method", "printable ASCII"),
+        ('function = "coils"', "signed.function", "unknown function"),
+        ("public_key = 0x2000", "signed.public_key_length", "missing"),
+        ('public_key_format = "hex"', "signed.public_key_format", "without"),
+        ('colour = "red"', "signed.colour", "unknown key"),
+    ],
+)
+def test_bad_signed_tables_name_the_entry(
+    tmp_path: Path, table: str, entry: str, problem: str
+) -> None:
+    keys = tuple(line.split(" = ")[0] + " = " for line in table.splitlines())
+    lines = [line for line in SIGNED.splitlines() if not line.startswith(keys)]
+    path = write(tmp_path, THREE_PHASE + "\n".join(lines) + "\n" + table + "\n")
+    with pytest.raises(MeterMapError) as caught:
+        load_map(path)
+    assert caught.value.entry == entry
+    assert problem in caught.value.problem
+
+
+def test_a_signed_table_needs_its_keys_and_a_whole_public_key(tmp_path: Path) -> None:
+    without = SIGNED.replace('encoding_method = "OCMF"\n', "")
+    with pytest.raises(MeterMapError, match=r"signed.encoding_method: missing"):
+        load_map(write(tmp_path, THREE_PHASE + without))
+    key = SIGNED + "public_key_length = 0x2000\npublic_key = 0x2001\npublic_key_max_length = 9\n"
+    signed = load_map(write(tmp_path, THREE_PHASE + key)).signed
+    assert signed is not None and signed.spans()[-1] == ("public_key", 0x2001, 5)
+    bad = key.replace("public_key = 0x2001", "public_key = 0x1010")
+    with pytest.raises(MeterMapError, match=r"signed.public_key: overlaps signed.data"):
+        load_map(write(tmp_path, THREE_PHASE + bad))
+    with pytest.raises(MeterMapError, match=r"signed: found"):
+        load_map(write(tmp_path, 'signed = "yes"\n' + THREE_PHASE))

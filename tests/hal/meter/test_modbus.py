@@ -8,6 +8,9 @@ pymodbus serial client on the other end — real ttys, real RTU frames and CRCs,
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import logging
 import math
 import os
 import re
@@ -17,12 +20,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from hal.interfaces import MeterError, MeterReading
+from hal.interfaces import MeterError, MeterReading, SignedMeterData
 from hal.meter.maps import builtin_names, resolve_map
 from hal.meter.modbus import ModbusBus, ModbusMeter, build
 from hal.registry import HardwareConfigError
-from hal.sim.modbus_meter import MeterFault, ModbusMeterServer, SimulatedModbusMeter
+from hal.sim.modbus_meter import (
+    MeterFault,
+    ModbusMeterServer,
+    SignedFault,
+    SimulatedModbusMeter,
+    split_ocmf,
+)
 from service.config import Connector, Evse, Hardware
 from service.config_reader import Scalar
 
@@ -142,8 +154,9 @@ async def test_every_builtin_map_reads_right_over_tcp(
 
     reading = await meter.read()
     assert_close(reading, sim.values, map_name)
-    # As few requests as the map allows: one per block.
-    assert sim.requests == len(resolve_map(map_name).blocks)
+    # As few requests as the map allows: one per block (signed records: tested apart).
+    if resolve_map(map_name).signed is None:
+        assert sim.requests == len(resolve_map(map_name).blocks)
 
     sim.set_values(current_a=0.0, energy_import_wh=1_300_000.0)  # power follows V x I
     reading = await meter.read()
@@ -551,3 +564,114 @@ def test_a_port_held_by_another_driver_is_refused() -> None:
     shared: dict[str, object] = {"modbus-rtu:/dev/ttyUSB0": object()}
     with pytest.raises(HardwareConfigError, match="already used by another driver"):
         build_one(RTU_OK, shared=shared)
+
+
+# -- signed records ----------------------------------------------------------------------------
+
+
+def verify_ocmf(signed: SignedMeterData, energy_wh: float) -> None:
+    """What a CSMS does: the record's signature checks out with the meter's public key, and
+    the record holds the energy."""
+    payload, signature = split_ocmf(signed.signed_meter_data)
+    key = load_der_public_key(base64.b64decode(signed.public_key))
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    key.verify(
+        bytes.fromhex(str(signature["SD"])), payload.encode("ascii"), ec.ECDSA(hashes.SHA256())
+    )
+    assert json.loads(payload)["RD"][0]["RV"] == pytest.approx(energy_wh / 1000, abs=1e-4)
+
+
+@pytest.mark.parametrize("transport", ["tcp", "rtu"])
+async def test_a_signing_meter_hands_on_records_that_verify(
+    serve: ServerFactory, meters: Meters, transport: str
+) -> None:
+    sim = SimulatedModbusMeter("evsed_ocmf", 3, energy_import_wh=12_345.6)
+    server = await serve(sim, transport=transport)
+    meter = meters.build(1, options_for(transport)(server, "evsed_ocmf", 3))
+    reading = await meter.read()
+    signed = reading.signed
+    assert signed is not None
+    assert signed.signing_method == "ECDSA-secp256r1-SHA256"
+    assert signed.encoding_method == "OCMF"
+    assert base64.b64decode(signed.public_key) == sim.public_key_der
+    verify_ocmf(signed, 12_345.6)
+    # Length, record (in requests of at most max_registers), public key length, public key.
+    record_requests = -(-len(signed.signed_meter_data) // 2 // 100)
+    assert sim.requests == 1 + 1 + record_requests + 2
+
+    sim.set_values(energy_import_wh=13_000.0)
+    before = sim.requests
+    reading = await meter.read()
+    assert reading.signed is not None and reading.signed.public_key == signed.public_key
+    verify_ocmf(reading.signed, 13_000.0)
+    assert sim.requests - before == 2 + record_requests  # the public key is read once
+
+
+async def test_plain_meters_have_no_signed_data(serve: ServerFactory, meters: Meters) -> None:
+    sim = SimulatedModbusMeter("sdm630", 1, energy_import_wh=5.0)
+    server = await serve(sim)
+    reading = await meters.build(1, tcp(server, "sdm630")).read()
+    assert reading.signed is None
+
+
+@pytest.mark.parametrize(
+    ("fault", "warning"),
+    [
+        (SignedFault.TOO_LONG, "length 1001 is more than the map's 1000 bytes"),
+        (SignedFault.NOT_ASCII, "not printable ASCII (0xff)"),
+        (SignedFault.BAD_PUBLIC_KEY, "public key is not hex text"),
+    ],
+)
+async def test_a_bad_signed_record_keeps_the_plain_values_and_warns_once(
+    serve: ServerFactory,
+    meters: Meters,
+    caplog: pytest.LogCaptureFixture,
+    fault: SignedFault,
+    warning: str,
+) -> None:
+    sim = SimulatedModbusMeter("evsed_ocmf", 1, energy_import_wh=2000.0)
+    sim.set_signed_fault(fault)
+    server = await serve(sim)
+    meter = meters.build(1, tcp(server, "evsed_ocmf"))
+    with caplog.at_level(logging.INFO, logger="evsed.hal.meter"):
+        for _ in range(3):
+            reading = await meter.read()
+            assert reading.signed is None
+            assert reading.energy_import_wh == pytest.approx(2000.0)
+            assert reading.voltage_v == pytest.approx((230.0,) * 3)
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and warning in warnings[0].getMessage()
+        sim.set_signed_fault(None)
+        reading = await meter.read()
+    assert reading.signed is not None
+    verify_ocmf(reading.signed, 2000.0)
+    assert "signed records readable again" in caplog.text
+
+
+async def test_no_record_is_no_signed_data_and_no_warning(
+    serve: ServerFactory, meters: Meters, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim = SimulatedModbusMeter("evsed_ocmf", 1)
+    sim.set_signed_fault(SignedFault.NO_RECORD)
+    server = await serve(sim)
+    with caplog.at_level(logging.WARNING):
+        reading = await meters.build(1, tcp(server, "evsed_ocmf")).read()
+    assert reading.signed is None
+    assert caplog.records == []
+
+
+async def test_a_signed_register_the_meter_refuses_is_a_warning_not_a_fault(
+    serve: ServerFactory, meters: Meters, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A map naming signed registers the meter does not have: an exception response to them.
+    text = resolve_map("evsed_ocmf").source.read_text()
+    plain = SimulatedModbusMeter("sdm630", 1, energy_import_wh=7.0)
+    server = await serve(plain)
+    path = tmp_path / "wrong.toml"
+    sdm = resolve_map("sdm630").source.read_text()
+    signed_part = text[text.index("\n[signed]") :]
+    path.write_text(sdm + "\n" + signed_part)
+    with caplog.at_level(logging.WARNING, logger="evsed.hal.meter"):
+        reading = await meters.build(1, tcp(server, str(path))).read()
+    assert reading.signed is None and reading.energy_import_wh == pytest.approx(7.0)
+    assert "signed record not used: exception response 2 (illegal data address)" in caplog.text

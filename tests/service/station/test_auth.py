@@ -209,6 +209,25 @@ def test_eviction_removes_least_recently_updated(db: Database) -> None:
     assert cache.get("B", NOW) == IdTagInfo(AuthStatus.BLOCKED)
 
 
+def test_lifetime_counts_from_the_last_use_and_use_protects_from_eviction(db: Database) -> None:
+    """2.0.1 AuthCacheCtrlr.LifeTime (AuthorizationCacheLifeTime) and Policy LRU."""
+    cache = AuthorizationCache(db, max_entries=2)
+    auth = Authorizer(cache, lambda: AuthSettings(cache_lifetime_s=100))
+    cache.put("A", IdTagInfo(AuthStatus.ACCEPTED), NOW)
+    cache.put("B", IdTagInfo(AuthStatus.ACCEPTED), NOW + 1)
+    # Used at NOW + 90: lives until NOW + 190, and B is now the least recently used.
+    assert auth.decide("A", online=False, now=NOW + 90).decision is Decision.ACCEPT
+    cache.put("C", IdTagInfo(AuthStatus.ACCEPTED), NOW + 91)
+    assert cache.get("B", NOW + 91) is None and cache.get("A", NOW + 91) is not None
+    assert auth.decide("A", online=False, now=NOW + 189).decision is Decision.ACCEPT
+    # Not used for LifeTime: gone (offline and unknown: rejected by default).
+    assert auth.decide("C", online=False, now=NOW + 191).decision is Decision.REJECT
+    assert cache.get("C", NOW + 191) is None and len(cache) == 1
+    # 0 = no lifetime.
+    forever = Authorizer(cache, lambda: AuthSettings(cache_lifetime_s=0))
+    assert forever.decide("A", online=False, now=NOW + 10 * DAY).decision is Decision.ACCEPT
+
+
 def test_eviction_with_equal_times_and_a_backward_clock(db: Database) -> None:
     cache = AuthorizationCache(db, max_entries=2)
     cache.put("A", IdTagInfo(AuthStatus.ACCEPTED), NOW)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import json
 from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Any
 
 import pytest
 
-from hal.interfaces import MeterReading
+from hal.interfaces import MeterReading, SignedMeterData
 from service.ocpp.rpc import OcppVersion, RpcError, schemas
 from service.station.keys import MEASURANDS
 from service.station.metering import (
@@ -18,8 +21,10 @@ from service.station.metering import (
     next_aligned_time,
     next_sample_time,
     parse_measurands,
+    parse_signed_value,
     sampled_values,
     sampled_values_v201,
+    signed_meter_value,
 )
 
 THREE_PHASE = MeterReading(
@@ -470,3 +475,107 @@ def test_collector_json_round_trip_continues_the_same_way() -> None:
 def test_collector_from_json_refuses_foreign_text(text: str) -> None:
     with pytest.raises(ValueError):
         TransactionDataCollector.from_json(text)
+
+
+# --- signed readings --------------------------------------------------------------------------
+
+SIGNED = SignedMeterData(
+    signed_meter_data='OCMF|{"RD":[{"RV":12.3457}]}|{"SA":"ECDSA-secp256r1-SHA256","SD":"AB"}',
+    signing_method="ECDSA-secp256r1-SHA256",
+    encoding_method="OCMF",
+    public_key=base64.b64encode(b"\x30\x59key").decode(),
+)
+SIGNED_READING = dataclasses.replace(THREE_PHASE, signed=SIGNED)
+SIGNED_V201 = {
+    "signedMeterData": base64.b64encode(SIGNED.signed_meter_data.encode()).decode(),
+    "signingMethod": "ECDSA-secp256r1-SHA256",
+    "encodingMethod": "OCMF",
+    "publicKey": SIGNED.public_key,
+}
+
+
+def test_signed_energy_in_201_carries_signed_meter_value() -> None:
+    values = sampled_values_v201(
+        SIGNED_READING, ALL_SUPPORTED, context="Transaction.Begin", phases=3, signed=True
+    )
+    _validate_v201(values)
+    energy = [v for v in values if "signedMeterValue" in v]
+    assert len(energy) == 1
+    assert energy[0]["measurand"] == "Energy.Active.Import.Register"
+    assert energy[0]["value"] == 12345.679
+    assert energy[0]["signedMeterValue"] == SIGNED_V201
+    assert base64.b64decode(SIGNED_V201["signedMeterData"]).decode() == SIGNED.signed_meter_data
+
+
+def test_signed_energy_in_16_is_followed_by_its_signed_data_twin() -> None:
+    values = sampled_values(
+        SIGNED_READING,
+        ["Energy.Active.Import.Register", "Voltage"],
+        context="Sample.Periodic",
+        phases=3,
+        signed=True,
+    )
+    _validate_v16(values)
+    assert [v["format"] for v in values] == ["Raw", "SignedData", "Raw", "Raw", "Raw"]
+    plain, twin = values[0], values[1]
+    assert {k: v for k, v in twin.items() if k not in ("value", "format")} == {
+        k: v for k, v in plain.items() if k not in ("value", "format")
+    }
+    assert json.loads(twin["value"]) == SIGNED_V201
+    assert parse_signed_value(twin["value"]) == SIGNED_V201
+
+
+def test_no_signature_unless_asked_for_and_the_meter_signed() -> None:
+    for reading, signed in ((SIGNED_READING, False), (THREE_PHASE, True)):
+        v16 = sampled_values(reading, ALL_SUPPORTED, context="Trigger", phases=3, signed=signed)
+        v201 = sampled_values_v201(
+            reading, ALL_SUPPORTED, context="Trigger", phases=3, signed=signed
+        )
+        assert all(v["format"] == "Raw" for v in v16)
+        assert all("signedMeterValue" not in v for v in v201)
+    # Only the imported energy is signed: without it, nothing.
+    values = sampled_values(SIGNED_READING, ["Voltage"], context="Trigger", phases=1, signed=True)
+    assert [v["format"] for v in values] == ["Raw"]
+
+
+def test_a_record_too_long_for_ocpp_is_not_sent() -> None:
+    huge = dataclasses.replace(SIGNED, signed_meter_data="x" * 1876)
+    assert signed_meter_value(huge) is None
+    assert signed_meter_value(dataclasses.replace(SIGNED, signed_meter_data="x" * 1875))
+    assert signed_meter_value(dataclasses.replace(SIGNED, signing_method="m" * 51)) is None
+    reading = dataclasses.replace(THREE_PHASE, signed=huge)
+    values = sampled_values(
+        reading, ["Energy.Active.Import.Register"], context="Trigger", phases=3, signed=True
+    )
+    assert len(values) == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "OCMF|{}|{}",
+        "[]",
+        '{"signedMeterData":"!!!","signingMethod":"a","encodingMethod":"b","publicKey":""}',
+        '{"signedMeterData":"","signingMethod":"a","encodingMethod":"b","publicKey":""}',
+        '{"signedMeterData":"QQ==","signingMethod":"a","encodingMethod":"b"}',
+        '{"signedMeterData":"QQ==","signingMethod":"a","encodingMethod":"b","publicKey":"%"}',
+        '{"signedMeterData":"QQ==","signingMethod":1,"encodingMethod":"b","publicKey":""}',
+    ],
+)
+def test_parse_signed_value_refuses_foreign_text(text: str) -> None:
+    assert parse_signed_value(text) is None
+
+
+def test_collector_keeps_signed_values_when_asked() -> None:
+    collector = TransactionDataCollector(phases=1)
+    energy = ["Energy.Active.Import.Register"]
+    reading = dataclasses.replace(_reading(1000.0), signed=SIGNED)
+    collector.begin(_ts(0), reading, energy, signed=True)
+    collector.periodic(_ts(1), reading, energy, signed=True)
+    collector.aligned(_ts(2), reading, energy)
+    collector.end(_ts(3), reading, energy, signed=True)
+    data = TransactionDataCollector.from_json(collector.to_json()).transaction_data()
+    _stop_transaction(data)
+    formats = [[v["format"] for v in mv["sampledValue"]] for mv in data]
+    assert formats == [["Raw", "SignedData"], ["Raw", "SignedData"], ["Raw"], ["Raw", "SignedData"]]

@@ -358,7 +358,7 @@ async def test_invalid_id_with_stop_tx_on_invalid_id_false_limits_energy(
     make_rig: MakeRig,
 ) -> None:
     """StopTxOnInvalidId false: the transaction goes on, up to MaxEnergyOnInvalidId, then the
-    EVSE suspends (Updated ChargingStateChanged SuspendedEVSE); the driver still ends it."""
+    EVSE suspends (Updated EnergyLimitReached, SuspendedEVSE); the driver still ends it."""
     rig = await make_rig(StopTransactionOnInvalidId=False, MaxEnergyOnInvalidId=50)
     rig.auth_status["BADCARD"] = "Accepted"
     rig.hold = {"TransactionEvent"}
@@ -375,7 +375,7 @@ async def test_invalid_id_with_stop_tx_on_invalid_id_false_limits_energy(
     suspended = [
         e for e in rig.events() if e["transactionInfo"].get("chargingState") == "SuspendedEVSE"
     ]
-    assert suspended and suspended[0]["triggerReason"] == "ChargingStateChanged"
+    assert suspended and suspended[0]["triggerReason"] == "EnergyLimitReached"
     assert not rig.sims[1].snapshot().contactor_closed
     assert rig.link.transaction_of(1) is not None
     await rig.unplug()
