@@ -175,6 +175,18 @@ class SafetyInputs(Protocol):
         ...
 
 
+class StartButton(Protocol):
+    """A momentary start button on the EVSE (OCPP 2.0.1 C02: authorization by a button).
+
+    A press is the button going from released to pressed, once settled; holding it does not
+    repeat. Drivers that own resources have `await start()` / `await close()` as well.
+    """
+
+    def on_press(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` once per press (on the event loop, never from inside a call)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class EvseHardware:
     """The devices of one EVSE, as the daemon assembled them from the configuration."""
@@ -185,3 +197,4 @@ class EvseHardware:
     token_reader: TokenReader
     power_module: PowerModule | None = None  # DC chargers
     safety: SafetyInputs | None = None
+    start_button: StartButton | None = None

@@ -9,7 +9,9 @@ service.config.KNOWN_BACKENDS (a test keeps both in step).
 
 The backend "sim" is not in `DRIVERS`: it is one SimulatedEvse driving the four core devices
 of an EVSE together (with its simulated emergency stop / RCD), so an EVSE's core devices are
-either all "sim" or not "sim" at all. The optional kinds (power_module, safety) accept "none".
+either all "sim" or not "sim" at all. The optional kinds (power_module, safety, start_button)
+accept "none"; safety and start_button accept "sim" with a simulated EVSE only (its simulated
+emergency stop / RCD; its simulated start button, pressed with SimulatedEvse.press_button()).
 
 The "sim" backend's options may be set in any of the EVSE's four [evse.<kind>.options] tables
 (they configure the one simulator): `voltage_v` (per phase, default 230), `initial_energy_wh`
@@ -47,7 +49,9 @@ __all__ = [
 SIM_BACKEND = "sim"
 NONE_BACKEND = "none"
 DEVICE_KINDS: tuple[str, ...] = ("meter", "pilot", "contactor", "token_reader")
-OPTIONAL_KINDS: tuple[str, ...] = ("power_module", "safety")
+OPTIONAL_KINDS: tuple[str, ...] = ("power_module", "safety", "start_button")
+# Optional kinds a SimulatedEvse provides (backend "sim").
+_SIMULATED_OPTIONAL: tuple[str, ...] = ("safety", "start_button")
 
 DRIVERS: dict[str, dict[str, str]] = {
     "meter": {"modbus": "hal.meter.modbus:build"},
@@ -56,6 +60,7 @@ DRIVERS: dict[str, dict[str, str]] = {
     "token_reader": {"pn532": "hal.rfid.pn532:build"},
     "power_module": {"infypower": "hal.power.infypower:build"},
     "safety": {"gpio": "hal.gpio.safety:build"},
+    "start_button": {"gpio": "hal.gpio.button:build"},
 }
 
 Factory = Callable[[Evse, Hardware, dict[str, object]], object]
@@ -107,7 +112,7 @@ def known_backends() -> dict[str, frozenset[str]]:
     """Backend names per device kind (what service.config should accept)."""
     names: dict[str, frozenset[str]] = {}
     for kind in (*DEVICE_KINDS, *OPTIONAL_KINDS):
-        extra = {SIM_BACKEND} if kind in DEVICE_KINDS or kind == "safety" else set()
+        extra = {SIM_BACKEND} if kind in (*DEVICE_KINDS, *_SIMULATED_OPTIONAL) else set()
         if kind in OPTIONAL_KINDS:
             extra.add(NONE_BACKEND)
         names[kind] = frozenset({*extra, *DRIVERS.get(kind, {}), *_DIRECT.get(kind, {})})
@@ -170,27 +175,39 @@ def build_evse_hardware(
             initial_energy_wh=options.get("initial_energy_wh", 0.0),
             ev_max_current_a=options.get("ev_max_current_a"),
             clock=clock,
+            start_button=_device(evse, "start_button").backend == SIM_BACKEND,
         )
-        if _device(evse, "safety").backend not in (SIM_BACKEND, NONE_BACKEND) or (
-            _device(evse, "power_module").backend != NONE_BACKEND
-        ):
+        if any(
+            _device(evse, kind).backend not in (SIM_BACKEND, NONE_BACKEND)
+            for kind in _SIMULATED_OPTIONAL
+        ) or (_device(evse, "power_module").backend != NONE_BACKEND):
             raise HardwareConfigError(
-                f"EVSE {evse.id}: a simulated EVSE takes no real power_module or safety device"
+                f"EVSE {evse.id}: a simulated EVSE takes no real power_module, safety or "
+                f"start_button device"
             )
+        for kind in _SIMULATED_OPTIONAL:
+            hardware = _device(evse, kind)
+            if hardware.backend == SIM_BACKEND and hardware.options:
+                name = next(iter(hardware.options))
+                raise HardwareConfigError(
+                    f"EVSE {evse.id}: {_key(evse, kind)}.options.{name}: unknown option of "
+                    f"backend {SIM_BACKEND!r}; the simulated {kind} takes no options"
+                )
         return sim.hardware, sim
 
     def build(kind: str) -> Any:
         hardware = _device(evse, kind)
         return _factory(kind, hardware.backend)(evse, hardware, shared)
 
+    for kind in _SIMULATED_OPTIONAL:
+        if _device(evse, kind).backend == SIM_BACKEND:
+            raise HardwareConfigError(
+                f"EVSE {evse.id}: {_key(evse, kind)}.backend: 'sim' needs simulated devices"
+            )
     optional = {
         kind: build(kind) if _device(evse, kind).backend != NONE_BACKEND else None
         for kind in OPTIONAL_KINDS
     }
-    if optional["safety"] is not None and _device(evse, "safety").backend == SIM_BACKEND:
-        raise HardwareConfigError(
-            f"EVSE {evse.id}: {_key(evse, 'safety')}.backend: 'sim' needs simulated devices"
-        )
     devices = EvseHardware(
         meter=build("meter"),
         pilot=build("pilot"),
@@ -198,6 +215,7 @@ def build_evse_hardware(
         token_reader=build("token_reader"),
         power_module=optional["power_module"],
         safety=optional["safety"],
+        start_button=optional["start_button"],
     )
     return devices, None
 

@@ -38,7 +38,7 @@ from service.ocpp.v201.remote import V201Remote
 from service.ocpp.versions import VersionDispatcher
 from service.security_events import LOG_NAME as SECURITY_LOG_NAME
 from service.security_events import SecurityEvents
-from service.station.api import ApiError, InvalidArgument, VendorHandler
+from service.station.api import ApiError, InvalidArgument, InvalidState, VendorHandler
 from service.station.auth import AuthorizationCache, Authorizer, AuthSettings
 from service.station.availability import AvailabilityMemory
 from service.station.clock import Clock
@@ -54,6 +54,8 @@ if TYPE_CHECKING:
     from service.config import Settings
 
 log = logging.getLogger("evsed.charger")
+# Longest one step of the shutdown may take (closing a device, ending a task).
+STOP_STEP_S = 3.0
 
 
 class Charger:
@@ -112,6 +114,9 @@ class Charger:
         self.station.attach(self.link)
         self.vendors: dict[str, VendorHandler] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Set by stop(): the loops end at their next turn even if a cancellation was lost
+        # (Python 3.11's asyncio.wait_for, used inside pymodbus, can swallow one).
+        self._stopping = False
         self._setup_firmware(settings, db, engine)
         v16_core.install(
             engine,
@@ -206,6 +211,11 @@ class Charger:
         for evse_id, hardware in self.hardware.items():
             hardware.pilot.on_change(self._pilot_callback(evse_id))
             hardware.token_reader.on_token(self._token_callback(evse_id))
+            if hardware.start_button is not None:
+                hardware.start_button.on_press(self._button_callback(evse_id))
+            if hardware.safety is not None:
+                # Emergency stop / RCD: the station stops the transaction and faults the EVSE.
+                hardware.safety.on_change(self._safety_callback(evse_id))
             for source, device in (
                 ("pilot", hardware.pilot),
                 ("contactor", hardware.contactor),
@@ -264,6 +274,25 @@ class Charger:
 
         return presented
 
+    def _button_callback(self, evse_id: int) -> Callable[[], None]:
+        def pressed() -> None:
+            try:
+                self._input(self._start_button_pressed, evse_id)
+            except InvalidArgument as exc:
+                log.warning("start button of EVSE %d refused: %s", evse_id, exc)
+
+        return pressed
+
+    def _start_button_pressed(self, evse_id: int) -> None:
+        """The EVSE's start button (C02); a press the station refuses changes nothing."""
+        try:
+            session_id = self.station.start_button(evse_id)
+        except InvalidState as exc:
+            # Authorization is on, or the session is a token's: a press is no error.
+            log.info("start button of EVSE %d pressed: %s", evse_id, exc)
+            return
+        log.info("start button of EVSE %d pressed: session %s", evse_id, session_id)
+
     def _bridge_faults(self, simulator: SimulatorControl) -> None:
         """Simulated faults: pilot/evse kinds act on the simulated EV; an OCPP error code is
         a fault the hardware reports to the station (e.g. HighTemperature)."""
@@ -318,6 +347,8 @@ class Charger:
 
     def _spawn(self, coroutine: Awaitable[None]) -> object:
         task = asyncio.ensure_future(coroutine)
+        if isinstance(task, asyncio.Task):
+            task.set_name(getattr(coroutine, "__qualname__", task.get_name()))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -334,6 +365,7 @@ class Charger:
                 hw.token_reader,
                 hw.power_module,
                 hw.safety,
+                hw.start_button,
             ):
                 if device is not None:
                     seen.setdefault(id(device), device)
@@ -384,29 +416,41 @@ class Charger:
             log.error("D-Bus API not available on the %s bus: %s", bus, exc)
 
     async def stop(self) -> None:
-        await self.firmware.close()
-        await self.diagnostics.close()
+        """Stop everything, each step bounded by STOP_STEP_S: a step that hangs (a device that
+        does not answer, a task that will not end) is logged by name and left behind, so the
+        daemon still exits (its state is in SQLite, committed as it went)."""
+        self._stopping = True
+        self._meter_wake.set()
+        self._station_wake.set()
+        await self._stop_step("firmware", self.firmware.close())
+        await self._stop_step("diagnostics", self.diagnostics.close())
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await self._stop_step(f"task {task.get_name()}", _settle(task))
         if self._dbus is not None:
-            with contextlib.suppress(Exception):
-                await self._dbus.close()
+            await self._stop_step("D-Bus", self._dbus.close())
         for device in self._devices():
             close = getattr(device, "close", None)
             if close is not None:
-                with contextlib.suppress(Exception):
-                    result = close()
-                    if asyncio.iscoroutine(result):
-                        await result
+                await self._stop_step(f"device {type(device).__name__}", _call(close))
+
+    @staticmethod
+    async def _stop_step(what: str, step: Awaitable[object]) -> None:
+        log.debug("stopping: %s", what)
+        try:
+            async with asyncio.timeout(STOP_STEP_S):
+                await step
+        except TimeoutError:
+            log.error("stopping: %s did not finish within %.0f s; left behind", what, STOP_STEP_S)
+        except Exception as exc:  # a failing close must not stop the others
+            log.warning("stopping: %s failed: %s", what, exc)
 
     # ------------------------------------------------------------------ tasks
     async def _meter_loop(self) -> None:
         interval = self.settings.dbus.meter_poll_interval_s
         failing: set[int] = set()
-        while True:
+        while not self._stopping:
             for evse_id, hardware in self.hardware.items():
                 try:
                     reading = await hardware.meter.read()
@@ -418,13 +462,16 @@ class Charger:
                 failing.discard(evse_id)
                 self._input(self.station.meter_reading, evse_id, reading)
             self._meter_wake.clear()
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation that
+            # arrives as the event is set (both happen at shutdown), and the loop never ends.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._meter_wake.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self._meter_wake.wait()
 
     async def _station_timer(self) -> None:
         loop = asyncio.get_running_loop()
         clock_now = self.station.clock.monotonic
-        while True:
+        while not self._stopping:
             deadline = self.station.next_deadline()
             self._station_wake.clear()
             if deadline is None:
@@ -436,3 +483,17 @@ class Charger:
                         async with asyncio.timeout_at(loop.time() + delay):
                             await self._station_wake.wait()
             self._input(self.station.tick)
+
+
+async def _settle(task: asyncio.Task[Any]) -> None:
+    """Wait for a cancelled task to end, whatever it ends with (asyncio.wait: a timeout around
+    this is not mistaken for the task's own cancellation)."""
+    await asyncio.wait({task})
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("task %s ended with %r", task.get_name(), task.exception())
+
+
+async def _call(close: Callable[[], object]) -> None:
+    result = close()
+    if asyncio.iscoroutine(result):
+        await result

@@ -75,6 +75,7 @@ KNOWN_BACKENDS: dict[str, frozenset[str]] = {
     "token_reader": frozenset({"sim", "pn532"}),
     "power_module": frozenset({"none", "infypower"}),
     "safety": frozenset({"none", "sim", "gpio"}),
+    "start_button": frozenset({"none", "sim", "gpio"}),
 }
 
 # OCPP 2.0.1 ConnectorEnumType, as the ocpp library carries it.
@@ -237,6 +238,7 @@ class Evse:
     connectors: tuple[Connector, ...] = (Connector(),)
     power_module: Hardware = field(default_factory=lambda: Hardware(backend="none"))
     safety: Hardware = field(default_factory=lambda: Hardware(backend="none"))
+    start_button: Hardware = field(default_factory=lambda: Hardware(backend="none"))
     dc_voltage_v: float = 0.0  # DC: the module voltage setpoint (0 for AC EVSEs)
 
 
@@ -277,7 +279,15 @@ _QUEUE_KEYS = tuple(f.name for f in fields(Queue))
 _FIRMWARE_KEYS = tuple(f.name for f in fields(FirmwareSettings))
 _DIAGNOSTICS_KEYS = tuple(f.name for f in fields(DiagnosticsSettings))
 _LOGGING_KEYS = ("level", "journal_socket")
-_DEVICE_KINDS = ("meter", "pilot", "contactor", "token_reader", "power_module", "safety")
+_DEVICE_KINDS = (
+    "meter",
+    "pilot",
+    "contactor",
+    "token_reader",
+    "power_module",
+    "safety",
+    "start_button",
+)
 _EVSE_KEYS = ("id", *_DEVICE_KINDS, "connectors", "dc_voltage_v")
 _CONNECTOR_KEYS = ("id", "type", "max_current_a", "phases")
 
@@ -598,6 +608,7 @@ def _evses(root: Table) -> tuple[Evse, ...]:
                 connectors=_connectors(t),
                 power_module=_hardware(t, "power_module"),
                 safety=_hardware(t, "safety"),
+                start_button=_hardware(t, "start_button"),
                 dc_voltage_v=t.number("dc_voltage_v", 0.0, 0.0, 1500.0),
             )
         )

@@ -290,6 +290,23 @@ class SimulatorControl:
             raise InvalidArgument(f"invalid idTag {id_tag!r}")
         self._sim(evse_id).present_rfid(id_tag)
 
+    def press_button(self, evse_id: int) -> None:
+        sim = self._sim(evse_id)
+        if sim.start_button is None:
+            raise NotAvailable(
+                f'EVSE {evse_id} has no start button: set [evse.start_button] backend = "sim"'
+            )
+        sim.press_button()
+
+    def set_safety_input(self, evse_id: int, name: str, active: bool) -> None:
+        safety = self._sim(evse_id).safety
+        if name == "emergency_stop":
+            safety.press_emergency_stop(active)
+        elif name == "rcd":
+            safety.trip_rcd(active)
+        else:
+            raise InvalidArgument(f"unknown safety input {name!r}: emergency_stop or rcd")
+
     def raise_fault(self, evse_id: int, error_code: str) -> None:
         try:
             self._sim(evse_id).raise_fault(error_code)

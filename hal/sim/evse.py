@@ -4,7 +4,7 @@
 it twice: as four adapter objects that satisfy the hal.interfaces Protocols (`.meter`,
 `.pilot`, `.contactor`, `.token_reader`, bundled as `.hardware`), which is all the daemon sees,
 and as a control surface for tests and simulator UIs (plug, unplug, EV readiness, faults,
-RFID, contactor weld, meter failure, `snapshot()`).
+RFID, start button, contactor weld, meter failure, `snapshot()`).
 
 Physics, kept consistent on every change:
 
@@ -46,6 +46,7 @@ __all__ = [
     "SimMeter",
     "SimPilot",
     "SimSnapshot",
+    "SimStartButton",
     "SimTokenReader",
     "SimulatedEvse",
 ]
@@ -215,13 +216,34 @@ class SimSafety:
             loop.call_soon(callback)
 
 
+class SimStartButton:
+    """hal.interfaces.StartButton of a SimulatedEvse: a momentary push button."""
+
+    def __init__(self, sim: SimulatedEvse) -> None:
+        self._sim = sim
+        self._callbacks: list[Callable[[], None]] = []
+
+    def on_press(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` via loop.call_soon once per press()."""
+        self._callbacks.append(callback)
+
+    def press(self) -> None:
+        """Press and release the button once: one press for every on_press callback."""
+        if not self._callbacks:
+            return
+        loop = self._sim._running_loop()
+        for callback in tuple(self._callbacks):
+            loop.call_soon(callback)
+
+
 class SimulatedEvse:
     """One simulated EVSE with its connectors, and the EV that may be plugged into it.
 
     `connectors` are the EVSE's connectors from the configuration; the meter is wired for the
     largest number of phases among them. `ev_max_current_a` is what the EV draws per phase at
     most; None means the maximum current of the connector it is plugged into. `clock` is a
-    monotonic clock in seconds.
+    monotonic clock in seconds. `start_button`: whether the EVSE has a start button
+    (`.start_button`, in `.hardware`, pressed with press_button()).
     """
 
     def __init__(
@@ -233,6 +255,7 @@ class SimulatedEvse:
         ev_max_current_a: float | None = None,
         frequency_hz: float = DEFAULT_FREQUENCY_HZ,
         clock: Callable[[], float] = time.monotonic,
+        start_button: bool = True,
     ) -> None:
         if not connectors:
             raise ValueError("a simulated EVSE needs at least one connector")
@@ -275,12 +298,14 @@ class SimulatedEvse:
         self.contactor = SimContactor(self)
         self.token_reader = SimTokenReader(self)
         self.safety = SimSafety(self)
+        self.start_button = SimStartButton(self) if start_button else None
         self.hardware = EvseHardware(
             meter=self.meter,
             pilot=self.pilot,
             contactor=self.contactor,
             token_reader=self.token_reader,
             safety=self.safety,
+            start_button=self.start_button,
         )
 
     # ----------------------------------------------------------------- EV model (control)
@@ -362,6 +387,12 @@ class SimulatedEvse:
         if not isinstance(id_tag, str) or not id_tag:
             raise ValueError(f"an id tag is a non-empty string, not {id_tag!r}")
         self._schedule(self._token_callbacks, id_tag)
+
+    def press_button(self) -> None:
+        """Press the EVSE's start button once; RuntimeError when it has none."""
+        if self.start_button is None:
+            raise RuntimeError("this simulated EVSE has no start button")
+        self.start_button.press()
 
     # ----------------------------------------------------------------- fault injection
 

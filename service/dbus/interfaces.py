@@ -458,6 +458,18 @@ class SimulatorInterface(DbusInterfaceCommonAsync, interface_name=SIMULATOR_INTE
         with dbus_errors("PresentRfid"):
             self._sim.present_rfid(evse_id, id_tag)
 
+    @dbus_method_async("u", input_args_names=("evse_id",), flags=DbusUnprivilegedFlag)
+    async def press_button(self, evse_id: int) -> None:
+        with dbus_errors("PressButton"):
+            self._sim.press_button(evse_id)
+
+    @dbus_method_async(
+        "usb", input_args_names=("evse_id", "name", "active"), flags=DbusUnprivilegedFlag
+    )
+    async def set_safety_input(self, evse_id: int, name: str, active: bool) -> None:
+        with dbus_errors("SetSafetyInput"):
+            self._sim.set_safety_input(evse_id, name, active)
+
     @dbus_method_async("us", input_args_names=("evse_id", "error_code"), flags=DbusUnprivilegedFlag)
     async def raise_fault(self, evse_id: int, error_code: str) -> None:
         with dbus_errors("RaiseFault"):

@@ -662,8 +662,9 @@ class FirmwareManager:
                     extra=log_fields(event=LogEvent.FIRMWARE),
                 )
             self._station_changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._station_changed.wait(), _IDLE_POLL_S)
+            with contextlib.suppress(TimeoutError):  # not wait_for: see charger._meter_loop
+                async with asyncio.timeout(_IDLE_POLL_S):
+                    await self._station_changed.wait()
             if self._job is not job:
                 raise Superseded
 

@@ -110,8 +110,12 @@ class DaemonProcess:
         if self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.send_signal(sig)
-        async with asyncio.timeout(timeout):
-            code = await self.process.wait()
+        try:
+            async with asyncio.timeout(timeout):
+                code = await self.process.wait()
+        except TimeoutError:
+            tail = "\n".join(self.stderr_lines[-40:])
+            raise AssertionError(f"evsed did not stop within {timeout} s; its log ends:\n{tail}") from None
         if self._reader is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._reader, 5)

@@ -30,6 +30,7 @@ from hal.gpio import (
     build_leds,
     build_safety,
 )
+from hal.gpio.button import build as build_button
 from hal.gpio.contactor import GpioContactor
 from hal.registry import HardwareConfigError
 from service.config import Evse, Hardware
@@ -342,6 +343,37 @@ async def test_chip_that_goes_away_and_comes_back_under_another_number(
             assert chip.get_line_info("K1_DRIVE").consumer == "evsed-test"
     finally:
         await device.close()
+
+
+async def test_start_button_on_a_real_chip(sim_chip: SimChip) -> None:
+    sim_chip.pull("SPARE", True)  # a button to ground with a pull-up: released
+    hardware = Hardware(
+        backend="gpio",
+        options={"chip": sim_chip.path, "line": "SPARE", "active_low": True, "debounce_s": 0.02},
+    )
+    button = build_button(Evse(id=1, start_button=hardware), hardware, {})
+    presses: list[float] = []
+    button.on_press(lambda: presses.append(time.monotonic()))
+    await button.start()
+    try:
+        with gpiod.Chip(sim_chip.path) as chip:
+            assert chip.get_line_info("SPARE").consumer == "evsed:evse1:start_button"
+        assert not button.pressed
+        sim_chip.pull("SPARE", False)  # pressed
+        await until(lambda: len(presses) == 1)
+        await asyncio.sleep(0.3)  # held: no repeat
+        assert len(presses) == 1
+        sim_chip.pull("SPARE", True)
+        await until(lambda: not button.pressed)
+        sim_chip.pull("SPARE", False)
+        await until(lambda: len(presses) == 2)
+        sim_chip.pull("SPARE", True)
+        await until(lambda: not button.pressed)
+        assert len(presses) == 2
+    finally:
+        await button.close()
+    with gpiod.Chip(sim_chip.path) as chip:
+        assert not chip.get_line_info("SPARE").used
 
 
 def test_missing_chip_is_a_configuration_error() -> None:
