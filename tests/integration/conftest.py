@@ -115,7 +115,8 @@ class DaemonProcess:
                 code = await self.process.wait()
         except TimeoutError:
             tail = "\n".join(self.stderr_lines[-40:])
-            raise AssertionError(f"evsed did not stop within {timeout} s; its log ends:\n{tail}") from None
+            message = f"evsed did not stop within {timeout} s; its log ends:\n{tail}"
+            raise AssertionError(message) from None
         if self._reader is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._reader, 5)
