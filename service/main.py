@@ -205,6 +205,10 @@ class Daemon:
             log.warning("external websocket control is disabled; disconnect ignored")
             return False
         self.manager.disconnect()
+        if self._connection is not None:
+            # Offline from this moment, not from when the closing handshake ends: what the
+            # station makes next is queued and marked offline (2.0.1), never sent in between.
+            self.engine.connection_closed()
         return True
 
     def websocket_connect(self) -> bool:
