@@ -42,6 +42,7 @@ from tests.integration.test_v201_session import (
     started_daemon,
     status_is,
 )
+from tests.integration.test_wire_hardware import hardware_tables
 
 POWER = "Power.Active.Import"
 CURRENT = "Current.Import"
@@ -278,29 +279,9 @@ async def test_send_during_idle_and_no_ended_samples_by_default(
 
 
 def signed_tables(mcu: str, reader: str, tcp_port: int) -> str:
-    return f"""
-[evse.meter]
-backend = "modbus"
-[evse.meter.options]
-map = "evsed_ocmf"
-transport = "tcp"
-host = "127.0.0.1"
-tcp_port = {tcp_port}
-timeout_s = 0.5
-[evse.pilot]
-backend = "rapi"
-[evse.pilot.options]
-port = "{mcu}"
-[evse.contactor]
-backend = "rapi"
-[evse.contactor.options]
-port = "{mcu}"
-[evse.token_reader]
-backend = "pn532"
-[evse.token_reader.options]
-port = "{reader}"
-poll_interval_s = 0.1
-"""
+    """The wire-level simulators with the signing example meter over Modbus TCP."""
+    options = f'map = "evsed_ocmf"\ntransport = "tcp"\nhost = "127.0.0.1"\ntcp_port = {tcp_port}'
+    return hardware_tables(mcu, reader, "", meter_options=options)
 
 
 def verified_energy(value: dict[str, Any], public_key_der: bytes) -> float:

@@ -20,15 +20,16 @@ from tests.integration.conftest import DaemonProcess, start_daemon, write_config
 from tests.integration.test_session import wait_status
 
 
-def hardware_tables(mcu: str, reader: str, meter: str) -> str:
+def hardware_tables(mcu: str, reader: str, meter: str, *, meter_options: str = "") -> str:
+    """The [evse.*] tables of wire-level simulators: a RAPI MCU on the pty `mcu`, a PN532 on
+    `reader`, a Modbus meter (sdm630 over RTU on `meter`, unless `meter_options` says else)."""
+    rtu = f'map = "sdm630"\ntransport = "rtu"\nport = "{meter}"\nunit_id = 1'
+    meter_options = meter_options or rtu
     return f"""
 [evse.meter]
 backend = "modbus"
 [evse.meter.options]
-map = "sdm630"
-transport = "rtu"
-port = "{meter}"
-unit_id = 1
+{meter_options}
 timeout_s = 0.5
 [evse.pilot]
 backend = "rapi"
