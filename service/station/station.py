@@ -396,6 +396,10 @@ class Station:
                     return
             log.info("token %s ignored: EVSE %d is in use", id_tag, evse.evse_id)
             return
+        if session is not None and session.id_tag == id_tag:
+            # The same card again while its Authorize is on its way: one question is enough.
+            log.info("token %s ignored: EVSE %d is already authorizing it", id_tag, evse.evse_id)
+            return
         self._authorize(evse, id_tag, remote=False, token_type=token_type)
 
     def _stop_by_token(self, evse: _Evse, id_tag: str, token_type: str | None) -> None:
@@ -535,6 +539,10 @@ class Station:
             self.authorizer.record(id_tag, info, self._wall())
 
     def _authorize_answer(self, session_id: str, id_tag: str, info: IdTagInfo | None) -> None:
+        if info is not None:
+            # Cached even when the session that asked is gone (cancelled or replaced while the
+            # answer was on its way): the answer is about the token, not the session.
+            self.authorizer.record(id_tag, info, self._wall())
         evse = self._evse_of(session_id)
         if evse is None or evse.session is None:
             return
@@ -550,7 +558,6 @@ class Station:
                 self._cancel(evse, f"token not authorized offline ({verdict.reason})")
             self._report(evse)
             return
-        self.authorizer.record(id_tag, info, self._wall())
         if info.status == "Accepted":
             self._authorized(evse, session, info, unknown_offline=False)
         else:

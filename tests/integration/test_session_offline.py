@@ -55,6 +55,14 @@ async def go_online(csms: TestCsms, address: str) -> None:
     await csms.wait_for_connection(count=count + 1)
 
 
+async def wait_evse_status(address: str, status: str, evse_id: int = 1) -> None:
+    for _ in range(100):
+        if status in await evse_property(address, evse_id, "Status"):
+            return
+        await asyncio.sleep(0.05)
+    assert status in await evse_property(address, evse_id, "Status")
+
+
 def distinct(csms: TestCsms, action: str) -> list[Received]:
     """CALLs of `action`, first copy of each message id."""
     seen: dict[str, Received] = {}
@@ -162,7 +170,9 @@ async def test_offline_authorization_uses_cache_and_settings(
     # Online: both cards are answered by the CSMS and cached.
     await sim(dbus_address, "PresentRfid", "us", "1", "KNOWN")
     await csms.wait_for("Authorize")
+    await wait_evse_status(dbus_address, "Preparing")  # the answer was taken: authorized
     await sim(dbus_address, "PresentRfid", "us", "1", "KNOWN")  # cancels the waiting session
+    await wait_evse_status(dbus_address, "Available")
     await sim(dbus_address, "PresentRfid", "us", "1", "BLOCKED")
     await csms.wait_for("Authorize", count=2)
     await asyncio.sleep(0.3)
@@ -182,7 +192,7 @@ async def test_offline_authorization_uses_cache_and_settings(
         if "KNOWN" in await evse_property(dbus_address, 1, "IdTag"):
             break
         await asyncio.sleep(0.1)
-    assert "KNOWN" in await evse_property(dbus_address, 1, "IdTag")
+    assert "KNOWN" in await evse_property(dbus_address, 1, "IdTag"), daemon.stderr()[-8000:]
     assert (await evse_property(dbus_address, 1, "TransactionId")) != 's ""'
     await go_online(csms, dbus_address)
     [start] = await csms.wait_for("StartTransaction")

@@ -470,6 +470,31 @@ async def test_offline_token_accepted_before_starts_from_the_cache(rig: Rig) -> 
     assert not rig.listener.starts[1].unknown_offline
 
 
+async def test_same_token_while_its_authorize_is_pending_is_ignored(rig: Rig) -> None:
+    await present(rig)
+    await present(rig)  # the card held to the reader again before the CSMS answered
+    assert len(rig.listener.requests) == 1
+    rig.listener.answer("Accepted")
+    assert rig.session() is not None and rig.session().authorized  # type: ignore[union-attr]
+
+
+async def test_answer_for_a_replaced_session_is_still_cached(rig: Rig) -> None:
+    await present(rig)
+    await present(rig, "OTHER")  # another card replaces the one being asked about
+    assert [tag for tag, _ in rig.listener.requests] == [TAG, "OTHER"]
+    rig.listener.answer("Accepted", index=0)  # the first answer arrives after all
+    session = rig.session()
+    assert session is not None and session.id_tag == "OTHER" and not session.authorized
+    rig.listener.answer("Blocked", index=1)
+    assert rig.session() is None
+    rig.listener.online = False  # both answers were cached: offline, TAG starts, OTHER not
+    await present(rig, "OTHER")
+    assert rig.session() is None
+    await plug(rig)
+    await present(rig)
+    assert len(rig.listener.starts) == 1 and rig.listener.starts[0].id_tag == TAG
+
+
 # -- 5. ConnectionTimeOut -------------------------------------------------------------------
 
 
