@@ -256,21 +256,47 @@ async def test_queued_events_survive_kill_9_and_ids_stay_unique(
     await ev.unplug()
     await ev.plug()
     await ev.present("CARD-E12")
-    [_, second] = await csms.wait_for(event_is("Started"), count=2, timeout=15)
+    # Distinct messages: the first Started, unanswered when the link dropped, may be resent.
+    await csms.wait_until(
+        lambda: len({r.unique_id for r in csms.received if event_is("Started")(r)}) >= 2,
+        timeout=15,
+    )
+    firsts: dict[str, Any] = {}
+    for r in csms.received:
+        if event_is("Started")(r):
+            firsts.setdefault(r.unique_id, r)
+    second = list(firsts.values())[1]  # the second distinct Started message
     assert second.payload["transactionInfo"]["transactionId"] != tx_id
     assert second.payload["seqNo"] == 0
     # E14: while its events cannot be delivered, GetTransactionStatus says they wait.
     await go_offline(csms, dbus_address)
     await ev.unplug()
+    for _ in range(100):  # the Ended event is made (queued) once the unplug is seen
+        if "Available" in await ev.status():
+            break
+        await asyncio.sleep(0.1)
     await asyncio.sleep(0.3)
     csms.drop_actions.add("TransactionEvent")
+    online_mark = len(csms.received)
     await go_online(csms, dbus_address)
     second_id = second.payload["transactionInfo"]["transactionId"]
-    await csms.wait_for(event_is("Ended"), since=mark, count=2, timeout=15)
+    # The queue is tried (the head may be an earlier event of the second transaction, unanswered
+    # when the link dropped): its messages are still waiting.
+    await csms.wait_for(
+        lambda r: bool(
+            r.direction == "in"
+            and r.action == "TransactionEvent"
+            and r.payload["transactionInfo"]["transactionId"] == second_id
+        ),
+        since=online_mark,
+        timeout=15,
+    )
     status = await csms.call(CP, "GetTransactionStatus", {"transactionId": second_id})
     assert status == {"ongoingIndicator": False, "messagesInQueue": True}
     csms.drop_actions.clear()
-    await csms.wait_until(lambda: len([e for e in events(csms) if e["eventType"] == "Ended"]) == 2)
+    await csms.wait_until(
+        lambda: len([e for e in events(csms) if e["eventType"] == "Ended"]) == 2, timeout=30
+    )
     status = await drained_status(csms, second_id)
     assert status == {"ongoingIndicator": False, "messagesInQueue": False}
     assert_contiguous(events(csms))
