@@ -539,10 +539,9 @@ class Station:
             self.authorizer.record(id_tag, info, self._wall())
 
     def _authorize_answer(self, session_id: str, id_tag: str, info: IdTagInfo | None) -> None:
-        if info is not None:
-            # Cached even when the session that asked is gone (cancelled or replaced while the
-            # answer was on its way): the answer is about the token, not the session.
-            self.authorizer.record(id_tag, info, self._wall())
+        # Cached even when the session that asked is gone (cancelled or replaced while the
+        # answer was on its way): the answer is about the token, not the session.
+        self._refresh(id_tag, info)
         evse = self._evse_of(session_id)
         if evse is None or evse.session is None:
             return
