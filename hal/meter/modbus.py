@@ -18,11 +18,14 @@ answers correctly.
 
 A map with a `[signed]` table (hal.meter.maps.SignedBlock) names where the meter keeps its
 latest signed record: after the measured values, read() reads the record's length and then the
-record (and, once, the meter's public key) and hands it on as MeterReading.signed. A signed
-record that cannot be used — a length beyond the map's max_length, characters that are not
-printable ASCII, a public key that is not hex / base64, a request that fails — leaves the
-reading's plain values as they are with `signed` None, and logs a warning (once per kind of
-problem, and a note when the record is good again); it is never a MeterError.
+record (and, once, the meter's public key) and hands it on as MeterReading.signed. The record
+is read again until two reads in a row agree (at most SIGNED_READS times): a record longer
+than one request would otherwise be torn when the meter renews it between requests. A signed
+record that cannot be used — one that keeps changing while it is read, a length beyond the
+map's max_length, characters that are not printable ASCII, a public key that is not hex /
+base64, a request that fails — leaves the reading's plain values as they are with `signed`
+None, and logs a warning (once per kind of problem, and a note when the record is good
+again); it is never a MeterError.
 
 Options (`[evse.meter.options]`): map, transport, port, baudrate, parity, stopbits, host,
 tcp_port, unit_id, timeout_s, retries — see OPTIONS below and docs/meter-maps.md.
@@ -74,6 +77,8 @@ log = logging.getLogger("evsed.hal.meter")
 CURRENT_TOLERANCE_A = 0.1
 VOLTAGE_TOLERANCE_V = 1.0
 FREQUENCY_RANGE_HZ = (40.0, 70.0)
+# A signed record is read until two reads in a row agree, at most this many times.
+SIGNED_READS = 3
 
 BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 PARITIES = ("N", "E", "O")
@@ -115,6 +120,14 @@ class _BusError(Exception):
 
 class _SignedError(Exception):
     """The signed record (or public key) cannot be used; str() says why."""
+
+
+def _ascii(raw: bytes, what: str) -> str:
+    """`raw` as text; _SignedError when a byte is not printable ASCII."""
+    bad = next((byte for byte in raw if not 0x20 <= byte <= 0x7E), None)
+    if bad is not None:
+        raise _SignedError(f"{what} holds a byte that is not printable ASCII ({bad:#04x})")
+    return raw.decode("ascii")
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,9 +400,7 @@ class ModbusMeter:
         """The meter's signed record now, or None (a warning says why when it is unusable).
         Call with the bus lock held."""
         try:
-            record = await self._read_text(
-                block.function, block.length, block.data, block.max_length, "signed record"
-            )
+            record = await self._read_stable_record(block)
             if record is None:
                 self._signed_ok()
                 return None
@@ -405,21 +416,38 @@ class ModbusMeter:
             public_key=public_key,
         )
 
+    async def _read_stable_record(self, block: SignedBlock) -> str | None:
+        """The signed record, read until two reads in a row bring the same bytes. A record
+        longer than one request is read in several, and a meter that makes a new record between
+        them would otherwise hand on a torn one: half of each, whose signature holds for
+        neither, or with padding past the end of a shorter one. The content is checked once
+        the bytes are stable."""
+        previous: bytes | None = None
+        for attempt in range(SIGNED_READS):
+            raw = await self._read_raw(
+                block.function, block.length, block.data, block.max_length, "signed record"
+            )
+            if attempt > 0 and raw == previous:
+                return None if raw is None else _ascii(raw, "signed record")
+            previous = raw
+        raise _SignedError(f"the record changed while it was read, {SIGNED_READS} reads in a row")
+
     async def _read_public_key(self, block: SignedBlock) -> str:
         if self._public_key is not None:
             return self._public_key
         if block.public_key is None or block.public_key_length is None:
             self._public_key = ""
             return ""
-        text = await self._read_text(
+        raw = await self._read_raw(
             block.function,
             block.public_key_length,
             block.public_key,
             block.public_key_max_length,
             "public key",
         )
-        if text is None:
+        if raw is None:
             raise _SignedError("the meter has no public key (length 0)")
+        text = _ascii(raw, "public key")
         try:
             if block.public_key_format == "hex":
                 key = bytes.fromhex(text)
@@ -443,22 +471,18 @@ class ModbusMeter:
                 raise _SignedError(str(exc)) from None
         return words
 
-    async def _read_text(
+    async def _read_raw(
         self, function: Function, length_at: int, data_at: int, max_length: int, what: str
-    ) -> str | None:
-        """The ASCII text whose length is in register `length_at` and whose characters start at
-        `data_at`; None when the length is 0. Raises _SignedError for unusable content."""
+    ) -> bytes | None:
+        """The bytes whose length is in register `length_at` and which start at `data_at`;
+        None when the length is 0. Raises _SignedError for a length beyond `max_length`."""
         (length,) = await self._read_registers(function, length_at, 1)
         if length == 0:
             return None
         if length > max_length:
             raise _SignedError(f"{what} length {length} is more than the map's {max_length} bytes")
         words = await self._read_registers(function, data_at, registers_for(length))
-        raw = b"".join(word.to_bytes(2, "big") for word in words)[:length]
-        if not all(0x20 <= byte <= 0x7E for byte in raw):
-            bad = next(byte for byte in raw if not 0x20 <= byte <= 0x7E)
-            raise _SignedError(f"{what} holds a byte that is not printable ASCII ({bad:#04x})")
-        return raw.decode("ascii")
+        return b"".join(word.to_bytes(2, "big") for word in words)[:length]
 
     def _signed_failed(self, problem: str) -> None:
         if problem != self._signed_problem:

@@ -132,6 +132,9 @@ class SimulatedModbusMeter:
             raise ValueError(f"unit id {unit_id}: expected 1..247")
         self.unit_id = unit_id
         self.requests = 0  # requests this meter received (answered or not)
+        # Called with (function code, first address asked) as each request arrives, before it is
+        # answered: tests change the values between a driver's requests with it.
+        self.on_request: Callable[[int, int], None] | None = None
         self.fault: MeterFault | None = None
         self.exception_code = ExcCodes.DEVICE_FAILURE
         self.backwards_wh = 1000.0
@@ -384,8 +387,10 @@ class SimulatedModbusMeter:
         registers: list[int],
         values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
-        del address, count, values
+        del count, values
         self.requests += 1
+        if self.on_request is not None:
+            self.on_request(function_code, address)
         if self.fault is MeterFault.EXCEPTION:
             return self.exception_code
         for register in self._mapped(function_code):

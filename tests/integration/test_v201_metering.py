@@ -387,7 +387,7 @@ async def test_signed_meter_values_verify_with_the_meters_key(
             if v["context"] == "Transaction.End"
         ]
         assert len(end) == 1
-        assert verified_energy(end[0], meter.public_key_der) > 5000.0
+        assert verified_energy(end[0], meter.public_key_der) > 5000.0, daemon.stderr()[-8000:]
         assert await daemon.stop() == 0
     finally:
         stop.set()

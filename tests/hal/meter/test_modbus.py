@@ -595,16 +595,71 @@ async def test_a_signing_meter_hands_on_records_that_verify(
     assert signed.encoding_method == "OCMF"
     assert base64.b64decode(signed.public_key) == sim.public_key_der
     verify_ocmf(signed, 12_345.6)
-    # Length, record (in requests of at most max_registers), public key length, public key.
+    # The values; twice (the record read again, to be sure it was not torn) the length and the
+    # record (in requests of at most max_registers); the public key length, the public key.
     record_requests = -(-len(signed.signed_meter_data) // 2 // 100)
-    assert sim.requests == 1 + 1 + record_requests + 2
+    assert sim.requests == 1 + 2 * (1 + record_requests) + 2
 
     sim.set_values(energy_import_wh=13_000.0)
     before = sim.requests
     reading = await meter.read()
     assert reading.signed is not None and reading.signed.public_key == signed.public_key
     verify_ocmf(reading.signed, 13_000.0)
-    assert sim.requests - before == 2 + record_requests  # the public key is read once
+    assert sim.requests - before == 1 + 2 * (1 + record_requests)  # the key is read once
+
+
+def renew_during_second_request(sim: SimulatedModbusMeter, times: int | None) -> list[int]:
+    """Make the meter renew its record (1 Wh more) as the second request of a record read
+    arrives, `times` times (None: every time); the list counts the renewals."""
+    block = sim.map.signed
+    assert block is not None
+    renewed: list[int] = []
+
+    def hook(function_code: int, address: int) -> None:
+        del function_code
+        if address == block.data + 100 and (times is None or len(renewed) < times):
+            renewed.append(address)
+            sim.set_values(energy_import_wh=sim.values.energy_import_wh + 1.0)
+
+    sim.on_request = hook
+    return renewed
+
+
+async def test_a_record_renewed_while_it_is_read_is_read_again(
+    serve: ServerFactory, meters: Meters
+) -> None:
+    # A record spans several requests; the meter renews it between two of them. The first
+    # read is torn (its signature holds for neither record): it must not be handed on.
+    sim = SimulatedModbusMeter("evsed_ocmf", 1, energy_import_wh=12_345.0)
+    assert len(sim.signed_record()) > 200  # more than one request of 100 registers
+    server = await serve(sim)
+    meter = meters.build(1, tcp(server, "evsed_ocmf"))
+    renewed = renew_during_second_request(sim, times=1)
+    reading = await meter.read()
+    assert renewed
+    assert reading.energy_import_wh == pytest.approx(12_345.0)  # read before the renewal
+    assert reading.signed is not None
+    verify_ocmf(reading.signed, 12_346.0)  # the renewed record, whole
+
+
+async def test_a_record_that_keeps_changing_is_not_used(
+    serve: ServerFactory, meters: Meters, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim = SimulatedModbusMeter("evsed_ocmf", 1, energy_import_wh=500.0)
+    server = await serve(sim)
+    meter = meters.build(1, tcp(server, "evsed_ocmf"))
+    renewed = renew_during_second_request(sim, times=None)
+    with caplog.at_level(logging.INFO, logger="evsed.hal.meter"):
+        reading = await meter.read()
+        assert len(renewed) == 3  # read three times, never the same twice
+        assert reading.signed is None
+        assert reading.energy_import_wh == pytest.approx(500.0)  # the plain values stay
+        assert "the record changed while it was read, 3 reads in a row" in caplog.text
+        sim.on_request = None
+        reading = await meter.read()
+    assert reading.signed is not None
+    verify_ocmf(reading.signed, 503.0)
+    assert "signed records readable again" in caplog.text
 
 
 async def test_plain_meters_have_no_signed_data(serve: ServerFactory, meters: Meters) -> None:
