@@ -13,7 +13,9 @@
   "SA": "ECDSA-secp256r1-SHA256" and "SD": the DER signature of the payload text, as hex),
   signed with an ECDSA P-256 key made with `cryptography` (or the one given), and its public
   key (DER SubjectPublicKeyInfo, as the map's public_key_format says). `set_signed_fault`
-  serves a broken record instead (too long, not ASCII, a bad public key, no record).
+  serves a broken record instead (too long, not ASCII, a bad public key, no record). Like a
+  real signing meter it signs a new snapshot at most once per `record_period_s` while energy
+  flows (`advance`); a value set with `set_values` is signed at once.
 - `ModbusMeterServer`: a pymodbus server (pymodbus.simulator SimDevice per meter) on
   127.0.0.1 (TCP) or on one end of a `PtyLink` (RTU); several meters share one server the way
   they share an RS-485 line. On RTU a request for a unit id no meter has goes unanswered, as on
@@ -128,6 +130,8 @@ class SimulatedModbusMeter:
         self.signed_fault: SignedFault | None = None
         self.records = 0  # signed records made (the OCMF pagination counter)
         self._record: tuple[float, str] | None = None  # (energy served, record)
+        self.record_period_s = 1.0  # while energy flows (advance), a new record this often
+        self._unsigned_s = 0.0  # time advanced since the last record period began
         if not 1 <= unit_id <= 247:
             raise ValueError(f"unit id {unit_id}: expected 1..247")
         self.unit_id = unit_id
@@ -196,6 +200,7 @@ class SimulatedModbusMeter:
             self._power = tuple(v * i for v, i in zip(self._voltage, self._current, strict=True))
         if energy_import_wh is not None:
             self._energy_import = float(energy_import_wh)
+            self._record = None  # a value set is signed at once
         if energy_export_wh is not None:
             self._energy_export = float(energy_export_wh)
         if frequency_hz is not None:
@@ -218,6 +223,10 @@ class SimulatedModbusMeter:
         """Let `seconds` pass at the present power: positive total power adds to the imported
         energy, negative to the exported."""
         energy = sum(self._power) * seconds / 3600.0
+        self._unsigned_s += seconds
+        if self._unsigned_s >= self.record_period_s and energy:
+            self._unsigned_s = 0.0
+            self._record = None  # a new record period: the next read is signed anew
         if energy >= 0:
             self._energy_import += energy
         else:
@@ -258,10 +267,10 @@ class SimulatedModbusMeter:
         )
 
     def signed_record(self) -> str:
-        """The signed record of the imported energy register as served now (made anew when the
-        served value changed)."""
+        """The signed record of the imported energy register as served now (made anew after
+        set_values changed the energy, and once per record_period_s of energy flowing)."""
         energy = self._served("energy_import")
-        if self._record is not None and self._record[0] == energy:
+        if self._record is not None:
             return self._record[1]
         self.records += 1
         now = datetime.now(UTC)
@@ -350,6 +359,7 @@ class SimulatedModbusMeter:
                 raise ValueError(f"wrong_unit_id {wrong_unit_id}: expected another unit id")
             self.wrong_unit_id = wrong_unit_id
         self.fault = fault
+        self._record = None  # the served energy may have changed
 
     # -- serving -------------------------------------------------------------------------------
 
