@@ -361,8 +361,22 @@ async def test_signed_meter_values_verify_with_the_meters_key(
         reader.place_card("04A1B2C3D4E5F6")
         [started] = await csms.wait_for(event_is("Started"), timeout=15)
         mcu.set_state(PilotState.C)
+        # Energy flows once the charger reports Charging (the relay is closed by then); the
+        # periodic samples that count are the ones taken while it flows.
+        [charging] = await csms.wait_for(
+            lambda r: (
+                r.direction == "in"
+                and r.action == "TransactionEvent"
+                and r.payload.get("transactionInfo", {}).get("chargingState") == "Charging"
+            ),
+            timeout=15,
+        )
+        assert mcu.relay_closed, mcu.mode
         periodic = await csms.wait_for(
-            event_is("Updated", "MeterValuePeriodic"), count=2, timeout=15
+            event_is("Updated", "MeterValuePeriodic"),
+            count=2,
+            timeout=15,
+            since=next(i for i, r in enumerate(csms.received) if r is charging),
         )
         await asyncio.sleep(0.5)
         mcu.unplug()
