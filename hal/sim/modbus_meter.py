@@ -14,8 +14,9 @@
   signed with an ECDSA P-256 key made with `cryptography` (or the one given), and its public
   key (DER SubjectPublicKeyInfo, as the map's public_key_format says). `set_signed_fault`
   serves a broken record instead (too long, not ASCII, a bad public key, no record). Like a
-  real signing meter it signs a new snapshot at most once per `record_period_s` while energy
-  flows (`advance`); a value set with `set_values` is signed at once.
+  real signing meter it signs a new snapshot once per `record_period_s` while energy flows
+  (`advance`, which signs the register as the period ends); a value set with `set_values` is
+  signed at once.
 - `ModbusMeterServer`: a pymodbus server (pymodbus.simulator SimDevice per meter) on
   127.0.0.1 (TCP) or on one end of a `PtyLink` (RTU); several meters share one server the way
   they share an RS-485 line. On RTU a request for a unit id no meter has goes unanswered, as on
@@ -224,13 +225,17 @@ class SimulatedModbusMeter:
         energy, negative to the exported."""
         energy = sum(self._power) * seconds / 3600.0
         self._unsigned_s += seconds
-        if self._unsigned_s >= self.record_period_s and energy:
-            self._unsigned_s = 0.0
-            self._record = None  # a new record period: the next read is signed anew
         if energy >= 0:
             self._energy_import += energy
         else:
             self._energy_export -= energy
+        # A new record period (with a little slack: ten steps of 0.1 s add up to 0.999...):
+        # the meter signs its register now, as a real one does, not when it is next read.
+        if energy and self._unsigned_s >= self.record_period_s - 1e-6:
+            self._unsigned_s = 0.0
+            self._record = None
+            if self.map.signed is not None:
+                self.signed_record()
 
     @property
     def values(self) -> MeterReading:
