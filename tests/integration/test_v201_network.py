@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 
 from testcsms.server import Received, TestCsms
+from tests.certs import make_ca, make_leaf
 from tests.integration.conftest import DaemonProcess, start_daemon, write_config
+from tests.integration.test_security import server_context
 
 CP = "CP-IT-1"
 V201 = '["ocpp2.0.1"]'
@@ -357,3 +359,59 @@ async def test_a_placeholder_url_does_not_block_stored_profiles(
     assert "csms.invalid" not in "".join(
         line for line in restarted.stderr_lines if "connect" in line and "cannot" in line
     )
+
+
+async def test_downgrade_from_3_to_2_over_real_tls(
+    daemons: list[DaemonProcess], tmp_path: Path
+) -> None:
+    """Security profile 3 (TLS with a client certificate) against A. A profile 2 (TLS with
+    Basic auth) for B is refused while AllowSecurityProfileDowngrade is false, accepted once it
+    is true (profile 1 stays refused); after the move the charger runs profile 2 against B and
+    reports it."""
+    ca = make_ca(tmp_path, "csms-ca")
+    server = make_leaf(ca, tmp_path, "csms")
+    client_ca = make_ca(tmp_path, "cp-ca")
+    client = make_leaf(client_ca, tmp_path, CP, client=True)
+    a = TestCsms(heartbeat_interval=300, ssl_context=server_context(server, client_ca))
+    b = TestCsms(
+        heartbeat_interval=300, ssl_context=server_context(server), basic_auth={CP: PASSWORD}
+    )
+    async with a, b:
+        assert a.url.startswith("wss://") and b.url.startswith("wss://")
+        credentials = "\n".join(
+            [
+                f'ca_bundle = "{ca.cert_path}"',
+                f'basic_auth_password = "{PASSWORD}"',
+                f'client_certificate = "{client.cert_path}"',
+                f'client_key = "{client.key_path}"',
+            ]
+        )
+        config = write_config(
+            tmp_path, a.url, versions=V201, security_profile=3, csms_extra=credentials
+        )
+        daemon = await start_daemon(config, tmp_path)
+        daemons.append(daemon)
+        await a.wait_for("BootNotification", timeout=20)
+        assert a.connections[0].peer_cert is not None  # the client certificate was shown
+        assert await get_variables(a, *IN_USE) == ["3", "2", "false", "0"]
+
+        basic = connection_data(b.url, securityProfile=2, messageTimeout=9)
+        answer = await set_profile(a, 1, basic)
+        assert answer["status"] == "Rejected"
+        assert answer["statusInfo"]["reasonCode"] == "NoSecurityDowngrade"
+        result = await set_one(a, "SecurityCtrlr", "AllowSecurityProfileDowngrade", "true")
+        assert result["attributeStatus"] == "Accepted"
+        weaker = connection_data(b.url.replace("wss://", "ws://"), securityProfile=1)
+        answer = await set_profile(a, 2, weaker)
+        assert answer["status"] == "Rejected"
+        assert answer["statusInfo"]["reasonCode"] == "NoSecurityDowngrade"
+        assert await set_profile(a, 1, basic) == {"status": "Accepted"}
+
+        assert await set_variable(a, "NetworkConfigurationPriority", "1,0") == "RebootRequired"
+        assert await csms_call_reset(a) == {"status": "Accepted"}
+        await b.wait_for("BootNotification", timeout=20)
+        assert b.connections[0].authorization is not None  # Basic auth over TLS
+        assert b.connections[0].peer_cert is None  # no client certificate under profile 2
+        assert await get_variables(b, *IN_USE) == ["2", "9", "true", "1,0"]
+        assert "connected with network profile slot 1 (security profile 2)" in daemon.stderr()
+        assert await daemon.stop() == 0
